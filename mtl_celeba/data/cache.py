@@ -1,0 +1,115 @@
+"""The uint8 image cache: each split decoded and resized once, then memory-mapped.
+
+Decoding 200k JPEGs every epoch cannot feed a GPU, so the fast pipeline decodes each split
+once into a ``(N, size, size, 3)`` uint8 ``.npy`` file and serves batches straight from the
+memory map. The file name carries a key of everything that determines its content (image
+folder, image ids, size, decoder version), so a changed source or size builds a new file.
+A build writes to a ``.partial`` file and renames it only when complete, so an interrupted
+build never looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mtl_celeba.data.images import CROP_SIDE, load_face
+
+#: Bump when :func:`load_face` changes the pixels it produces; old caches are then rebuilt.
+DECODER_VERSION = 1
+_CHUNK = 256
+
+
+def cache_key(image_dir: Path, image_ids: Sequence[str], size: int) -> str:
+    """A short hash of everything that determines a cache file's content.
+
+    The image folder's modification time is included, so adding, removing or renaming
+    images rebuilds; overwriting a file in place does not (delete the cache folder then).
+    """
+    digest = hashlib.sha1()
+    image_dir = Path(image_dir).resolve()
+    header = f"{image_dir}|{image_dir.stat().st_mtime_ns}|{size}|{CROP_SIDE}|{DECODER_VERSION}|"
+    digest.update(header.encode())
+    digest.update("\n".join(image_ids).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_file(
+    cache_dir: Path, split: str, image_dir: Path, image_ids: Sequence[str], size: int
+) -> Path:
+    """Where the cache of one split lives."""
+    return (
+        Path(cache_dir)
+        / f"{split}-{size}px-{len(image_ids)}-{cache_key(image_dir, image_ids, size)}.npy"
+    )
+
+
+def _fill_chunk(args: tuple[str, int, int, list[str]]) -> int:
+    """Decode one chunk of images straight into the partial memory map (runs in a worker)."""
+    partial, start, size, paths = args
+    array = np.load(partial, mmap_mode="r+")
+    for offset, path in enumerate(paths):
+        array[start + offset] = load_face(path, size)
+    array.flush()
+    return len(paths)
+
+
+def build_cache(
+    path: Path,
+    image_paths: Sequence[Path],
+    size: int,
+    workers: int | None = None,
+    description: str = "caching images",
+) -> Path:
+    """Decode every image into ``path`` (a ``.npy`` of shape (N, size, size, 3), uint8), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.name}.partial*"):
+        stale.unlink(missing_ok=True)
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    array = np.lib.format.open_memmap(
+        partial, mode="w+", dtype=np.uint8, shape=(len(image_paths), size, size, 3)
+    )
+    del array
+    jobs = [
+        (str(partial), start, size, [str(p) for p in image_paths[start : start + _CHUNK]])
+        for start in range(0, len(image_paths), _CHUNK)
+    ]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    try:
+        with tqdm(total=len(image_paths), desc=description, unit="img", dynamic_ncols=True) as bar:
+            if workers == 1:
+                for job in jobs:
+                    bar.update(_fill_chunk(job))
+            else:
+                with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                    for done in pool.imap_unordered(_fill_chunk, jobs):
+                        bar.update(done)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def load_or_build_cache(
+    cache_dir: Path,
+    split: str,
+    image_dir: Path,
+    image_ids: Sequence[str],
+    size: int,
+    workers: int | None = None,
+) -> np.ndarray:
+    """The memory-mapped uint8 images of one split, building the cache file first if needed."""
+    path = cache_file(cache_dir, split, image_dir, image_ids, size)
+    if not path.exists():
+        paths = [Path(image_dir) / image_id for image_id in image_ids]
+        build_cache(path, paths, size, workers, description=f"caching {split} at {size}px")
+    return np.load(path, mmap_mode="r")
