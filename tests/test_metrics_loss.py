@@ -1,0 +1,68 @@
+"""The masked per-task loss and the per-task metrics, against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtl_celeba.models.loss import masked_task_losses
+from mtl_celeba.models.metrics import TaskMetrics
+
+
+def test_masked_loss_ignores_missing_labels():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0], [-2.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False], [False, True]])
+    sums, counts = masked_task_losses(logits, targets, mask)
+    bce = F.binary_cross_entropy_with_logits
+    assert counts.tolist() == [2.0, 2.0]
+    expected_task0 = bce(torch.tensor(2.0), torch.tensor(1.0)) + bce(
+        torch.tensor(0.5), torch.tensor(0.0)
+    )
+    expected_task1 = bce(torch.tensor(-1.0), torch.tensor(0.0)) + bce(
+        torch.tensor(0.0), torch.tensor(0.0)
+    )
+    assert sums[0].item() == pytest.approx(expected_task0.item())
+    assert sums[1].item() == pytest.approx(expected_task1.item())
+
+
+def test_masked_loss_pos_weight_scales_positive_terms():
+    logits = torch.tensor([[0.0]])
+    targets = torch.tensor([[1.0]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    plain, _ = masked_task_losses(logits, targets, mask)
+    weighted, _ = masked_task_losses(logits, targets, mask, pos_weight=torch.tensor([3.0]))
+    assert weighted.item() == pytest.approx(3 * plain.item())
+
+
+def test_task_metrics_by_hand():
+    # task 0: preds (p>0.5) = [1, 1, 0, 0], targets [1, 0, 0, 1] -> tp 1, fp 1, tn 1, fn 1
+    # task 1: sample 3 is missing; preds [1, 0, 0], targets [1, 0, 1] -> tp 1, fn 1, tn 1
+    logits = torch.tensor([[3.0, 2.0], [1.0, -2.0], [-1.0, -1.0], [-3.0, 5.0]])
+    targets = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [True, False]])
+    metrics = TaskMetrics(2)
+    metrics.update(logits[:2], targets[:2], mask[:2])
+    metrics.update(logits[2:], targets[2:], mask[2:])
+    values = metrics.compute()
+    assert values["accuracy"].tolist() == pytest.approx([0.5, 2 / 3])
+    assert values["balanced_accuracy"].tolist() == pytest.approx([0.5, (0.5 + 1.0) / 2])
+    assert values["f1"].tolist() == pytest.approx([0.5, 2 / 3])
+    # AUROC task 0: positives score 3, -3; negatives 1, -1 -> pairs won: (3>1, 3>-1) = 2 of 4
+    # task 1: positives 2, -1; negative -2 -> both win: 1.0
+    assert values["auroc"].tolist() == pytest.approx([0.5, 1.0])
+    metrics.reset()
+    metrics.update(logits, targets, mask)
+    assert metrics.compute()["accuracy"].tolist() == pytest.approx([0.5, 2 / 3])
+
+
+def test_balanced_accuracy_with_one_class_present():
+    metrics = TaskMetrics(1)
+    metrics.update(
+        torch.tensor([[1.0], [-1.0]]),
+        torch.tensor([[1.0], [1.0]]),
+        torch.ones(2, 1, dtype=torch.bool),
+    )
+    assert metrics.compute()["balanced_accuracy"].item() == pytest.approx(0.5)
+    assert not math.isnan(metrics.compute()["f1"].item())
