@@ -14,6 +14,7 @@ The hand-worked history (3 tasks, 3 training epochs), used throughout:
 from __future__ import annotations
 
 import io
+import json
 import pickle
 
 import numpy as np
@@ -318,7 +319,7 @@ def _run(dst: DSTSchedule, histories: list[list[float]]) -> list[tuple[list[floa
     return out
 
 
-@pytest.mark.parametrize("transport", ["torch", "pickle"])
+@pytest.mark.parametrize("transport", ["torch", "pickle", "json"])
 def test_resume_mid_run_draws_what_an_uninterrupted_run_draws(transport: str) -> None:
     later = [[0.5, 1.4, 1.0], [0.45, 1.0, 0.9], [0.5, 0.7, 0.85]]
     uninterrupted = _run(schedule(seed=11), [L1, L2, L3, *later])
@@ -331,8 +332,10 @@ def test_resume_mid_run_draws_what_an_uninterrupted_run_draws(transport: str) ->
         torch.save(state, buffer)
         buffer.seek(0)
         state = torch.load(buffer, weights_only=True)
-    else:
+    elif transport == "pickle":
         state = pickle.loads(pickle.dumps(state))
+    else:
+        state = json.loads(json.dumps(state))
 
     resumed = DSTSchedule(DEPTHS, COUNTS, seed=999)  # the seed is replaced by the saved state
     resumed.load_state_dict(state)
