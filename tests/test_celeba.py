@@ -179,6 +179,9 @@ def test_count_line_must_match_rows(tmp_path: Path) -> None:
         DataError, match=r"list_attr_celeba\.txt says it holds 25 images but has 24"
     ):
         load_celeba(tmp_path, EIGHT)
+    fake.attributes_file.write_text("5_o_Clock_Shadow Bald \n000001.jpg -1  1\n")
+    with pytest.raises(DataError, match=r"should start with a line holding the image count"):
+        load_celeba(tmp_path, EIGHT)
 
 
 def test_value_outside_minus_one_zero_one(tmp_path: Path) -> None:
@@ -236,7 +239,8 @@ def test_files_disagree_on_image_ids(tmp_path: Path) -> None:
     with pytest.raises(
         DataError,
         match=r"list_attr_celeba\.txt and .*list_eval_partition\.txt disagree on image ids "
-        r"\(3 only in the first, e\.g\. 000022\.jpg.*; 3 only in the second, e\.g\. 900022\.jpg",
+        r"\(3 only in list_attr_celeba\.txt, e\.g\. 000022\.jpg, 000023\.jpg, 000024\.jpg; "
+        r"3 only in list_eval_partition\.txt, e\.g\. 900022\.jpg",
     ):
         load_celeba(tmp_path, EIGHT)
 

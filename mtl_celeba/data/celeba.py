@@ -249,14 +249,14 @@ def read_attribute_file(path: str | Path) -> pd.DataFrame:
         _check_shape(path, rows, names)
     else:
         count_line, header = _read_header_lines(path, 2)
-        names = header.split()
-        rows = _read_rows(path, skiprows=2, sep=r"\s+")
-        _check_shape(path, rows, names)
         if not count_line.strip().isdigit():
             raise DataError(
                 f"{path} should start with a line holding the image count, not {count_line!r}: "
                 "replace it with a good copy."
             )
+        names = header.split()
+        rows = _read_rows(path, skiprows=2, sep=r"\s+")
+        _check_shape(path, rows, names)
         if int(count_line) != len(rows):
             raise DataError(
                 f"{path} says it holds {int(count_line)} images but has {len(rows)} rows: "
@@ -301,15 +301,11 @@ def _check_same_images(
     only_attr = attr_ids.difference(part_ids, sort=False)
     only_part = part_ids.difference(attr_ids, sort=False)
     if len(only_attr) or len(only_part):
-        details = []
-        if len(only_attr):
-            details.append(
-                f"{len(only_attr)} only in the first, e.g. {', '.join(only_attr[:EXAMPLES])}"
-            )
-        if len(only_part):
-            details.append(
-                f"{len(only_part)} only in the second, e.g. {', '.join(only_part[:EXAMPLES])}"
-            )
+        details = [
+            f"{len(ids)} only in {path.name}, e.g. {', '.join(ids[:EXAMPLES])}"
+            for path, ids in ((attributes_file, only_attr), (partition_file, only_part))
+            if len(ids)
+        ]
         raise DataError(
             f"{attributes_file} and {partition_file} disagree on image ids "
             f"({'; '.join(details)}): use both files from the same CelebA copy."
