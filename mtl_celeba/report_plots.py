@@ -1,0 +1,267 @@
+"""The report's PNG plots, and the per-epoch data they read from run folders.
+
+``accuracy_by_strategy.png`` (per-task test metric by configuration), ``dst_activation.png``
+(DST activation probability per task over epochs, from ``dst_history.csv``) and
+``val_curves.png`` (validation mean per epoch of every run, from its TensorBoard events).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mtl_celeba.io import atomic_open
+
+ACCURACY_PLOT = "accuracy_by_strategy.png"
+DST_PLOT = "dst_activation.png"
+CURVES_PLOT = "val_curves.png"
+DST_HISTORY = "dst_history.csv"
+PANEL_KEYS = ["backbone", "attribute_set"]
+
+
+def colours_for(labels: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """One fixed colour per configuration, the same in every panel and plot."""
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """Render ``figure`` to PNG with Agg (no pyplot, no display) and write it atomically."""
+    FigureCanvasAgg(figure)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+
+
+def _panels(count: int, width: float, height: float, columns: int = 1) -> tuple[Figure, list[Any]]:
+    """A figure with ``count`` axes in a grid, unused cells hidden."""
+    rows = -(-count // columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flat
+    for axis in axes[count:]:
+        axis.set_visible(False)
+    return figure, list(axes)
+
+
+# --------------------------------------------------------------------------- accuracy bars
+
+
+def plot_accuracy_by_strategy(
+    per_task: pd.DataFrame,
+    overall: pd.DataFrame,
+    stl: pd.DataFrame,
+    metric: str,
+    colours: dict[str, Any],
+    path: Path,
+) -> None:
+    """Grouped bars: per task (and the mean over tasks) one bar per configuration, std as error bar.
+
+    One panel per (backbone, attribute set); the STL reference of the same backbone is the last bar.
+    """
+    bars = pd.concat([per_task, overall.assign(task="mean")], ignore_index=True)
+    panels = list(bars.groupby(PANEL_KEYS, sort=False))
+    figure, axes = _panels(
+        len(panels), width=max(7.0, 0.22 * len(bars) / max(len(panels), 1) + 3), height=3.8
+    )
+    for axis, ((backbone, attribute_set), panel) in zip(axes, panels, strict=False):
+        reference = stl[stl["backbone"] == backbone].assign(configuration="stl")
+        tasks = list(dict.fromkeys(panel["task"]))
+        series = [*dict.fromkeys(panel["configuration"]), *(["stl"] if not reference.empty else [])]
+        panel = pd.concat([panel, reference[reference["task"].isin(tasks)]], ignore_index=True)
+        width = 0.8 / len(series)
+        lowest = 1.0
+        for i, label in enumerate(series):
+            rows = panel[panel["configuration"] == label].set_index("task").reindex(tasks)
+            x = np.arange(len(tasks)) + (i - (len(series) - 1) / 2) * width
+            mean, std = (
+                100 * rows["mean"].to_numpy(float),
+                100 * rows["std"].fillna(0).to_numpy(float),
+            )
+            axis.bar(x, mean, width, yerr=std, capsize=2, label=label, color=colours[label])
+            if np.isfinite(mean).any():
+                lowest = min(lowest, np.nanmin(mean - std) / 100)
+        axis.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right")
+        # Accuracies differ by a few points: start the axis near the lowest bar, not at zero.
+        axis.set_ylim(max(0.0, np.floor(100 * lowest / 5) * 5 - 5), 100)
+        axis.set_ylabel(f"test {metric} (%)")
+        axis.set_title(f"{backbone} · {attribute_set}")
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(figure, path)
+
+
+# --------------------------------------------------------------------------- DST schedule
+
+
+def read_dst_history(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every DST run's ``dst_history.csv`` with its configuration; and {run: why not} for the rest."""
+    runs = scores.loc[
+        scores["strategy"] == "dst", ["run", "backbone", "attribute_set", "drop_metrics", "seed"]
+    ]
+    frames, skipped = [], {}
+    for run in runs.drop_duplicates("run").itertuples(index=False):
+        path = Path(run.run) / DST_HISTORY
+        try:
+            history = pd.read_csv(path, usecols=["epoch", "task", "activation_probability"])
+        except FileNotFoundError:
+            skipped[run.run] = f"no {DST_HISTORY}"
+        except (OSError, ValueError) as error:
+            skipped[run.run] = f"{DST_HISTORY} cannot be read ({error})"
+        else:
+            frames.append(history.assign(**run._asdict()))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), skipped
+
+
+def plot_dst_activation(history: pd.DataFrame, path: Path) -> None:
+    """Activation probability per task over epochs, averaged over seeds; one panel per DST configuration."""
+    keys = [*PANEL_KEYS, "drop_metrics"]
+    mean = (
+        history.groupby([*keys, "task", "epoch"], sort=False)["activation_probability"]
+        .mean()
+        .reset_index()
+    )
+    panels = list(mean.groupby(keys, sort=False))
+    figure, axes = _panels(len(panels), width=5.5, height=3.5, columns=min(len(panels), 2))
+    for axis, ((backbone, attribute_set, drop_metrics), panel) in zip(axes, panels, strict=False):
+        for task, curve in panel.groupby("task", sort=False):
+            curve = curve.sort_values("epoch")
+            axis.plot(curve["epoch"], curve["activation_probability"], marker=".", label=task)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_xlabel("epoch k (P sets the gates of epoch k + 1)")
+        axis.set_ylabel("activation probability")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_title(f"{backbone} · {attribute_set} · DST ({drop_metrics})", fontsize="medium")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small", ncols=2)
+    _save(figure, path)
+
+
+# --------------------------------------------------------------------------- validation curves
+
+
+def read_scalar_curve(run_dir: Path, tag: str) -> pd.DataFrame:
+    """A scalar's values per epoch from a run's TensorBoard events: columns ``epoch``, ``value``.
+
+    Lightning logs by global step and adds an ``epoch`` scalar at the same step; a value logged
+    twice at one step (the ``validate`` after ``fit``) keeps the first, the one logged in training.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points, epochs = [], {}
+    for folder in sorted(
+        {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
+    ):
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        if tag in tags:
+            points += [(e.step, e.value) for e in events.Scalars(tag)]
+        if "epoch" in tags:
+            epochs.update({e.step: e.value for e in events.Scalars("epoch")})
+    curve = pd.DataFrame(points, columns=["step", "value"]).drop_duplicates("step")
+    curve = curve.sort_values("step", ignore_index=True)
+    curve["epoch"] = [int(epochs[s]) if s in epochs else i for i, s in enumerate(curve["step"])]
+    return curve[["epoch", "value"]]
+
+
+def read_val_curves(scores: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """``val/<metric>/mean`` per epoch of every completed run, with its configuration; and the
+    runs whose TensorBoard events lack it."""
+    tag = f"val/{metric}/mean"
+    runs = scores.drop_duplicates("run")[
+        ["run", "configuration", "backbone", "attribute_set", "seed"]
+    ]
+    frames, without = [], []
+    for run in runs.itertuples(index=False):
+        curve = read_scalar_curve(Path(run.run), tag)
+        if curve.empty:
+            without.append(run.run)
+        else:
+            frames.append(curve.assign(**run._asdict()))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), without
+
+
+def plot_val_curves(curves: pd.DataFrame, metric: str, colours: dict[str, Any], path: Path) -> None:
+    """Validation mean per epoch, one line per run coloured by configuration; a panel per backbone/attribute set."""
+    panels = list(curves.groupby(PANEL_KEYS, sort=False))
+    figure, axes = _panels(len(panels), width=6.5, height=3.8)
+    for axis, ((backbone, attribute_set), panel) in zip(axes, panels, strict=False):
+        labelled = set()
+        for (_, label), curve in panel.groupby(["run", "configuration"], sort=False):
+            axis.plot(
+                curve["epoch"] + 1,
+                100 * curve["value"],
+                color=colours[label],
+                alpha=0.8,
+                label=None if label in labelled else label,
+            )
+            labelled.add(label)
+        axis.set_xlabel("epochs trained")
+        axis.set_ylabel(f"val {metric}, mean over tasks (%)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_title(f"{backbone} · {attribute_set}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(figure, path)
+
+
+# --------------------------------------------------------------------------- all plots
+
+
+def write_plots(
+    scores: pd.DataFrame,
+    per_task: pd.DataFrame,
+    overall: pd.DataFrame,
+    stl: pd.DataFrame,
+    metric: str,
+    out_dir: Path,
+) -> tuple[list[str], list[str]]:
+    """Write the plots that have data into ``out_dir``; returns (file names, notes on what was skipped).
+
+    ``scores`` is the run x task table; ``per_task``, ``overall`` and ``stl`` the report's
+    mean/std tables (:class:`mtl_celeba.report.Comparison`).
+    """
+    written, notes = [], []
+    colours = colours_for(list(dict.fromkeys([*per_task["configuration"], "stl"])))
+    if per_task.empty:
+        notes.append(f"No multi-task run completed: {ACCURACY_PLOT} is not drawn.")
+    else:
+        plot_accuracy_by_strategy(per_task, overall, stl, metric, colours, out_dir / ACCURACY_PLOT)
+        written.append(ACCURACY_PLOT)
+
+    history, skipped = read_dst_history(scores)
+    notes += [
+        f"DST run {_relative(run, out_dir)}: {why}; it is left out of {DST_PLOT}."
+        for run, why in skipped.items()
+    ]
+    if history.empty:
+        notes.append(f"No DST run with a {DST_HISTORY}: {DST_PLOT} is not drawn.")
+    else:
+        plot_dst_activation(history, out_dir / DST_PLOT)
+        written.append(DST_PLOT)
+
+    curves, without = read_val_curves(scores, metric)
+    if without:
+        names = ", ".join(_relative(run, out_dir) for run in without)
+        notes.append(f"No val/{metric}/mean in the TensorBoard events of run(s) {names}.")
+    if curves.empty:
+        notes.append(
+            f"No validation curves in the runs' TensorBoard events: {CURVES_PLOT} is not drawn."
+        )
+    else:
+        plot_val_curves(curves, metric, colours, out_dir / CURVES_PLOT)
+        written.append(CURVES_PLOT)
+    return written, notes
+
+
+def _relative(run: str, out_dir: Path) -> str:
+    """A run folder as seen from the report, so notes stay short and valid when the sweep moves."""
+    return os.path.relpath(run, out_dir)
