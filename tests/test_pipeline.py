@@ -48,7 +48,7 @@ def test_load_face_crops_centre_square_and_resizes(tmp_path: Path):
 def test_load_face_names_unreadable_file(tmp_path: Path):
     bad = tmp_path / "000007.jpg"
     bad.write_bytes(b"\xff\xd8 not a jpeg")
-    with pytest.raises(DataError, match="000007.jpg"):
+    with pytest.raises(DataError, match=r"000007\.jpg"):
         load_face(bad, 32)
 
 

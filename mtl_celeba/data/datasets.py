@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from mtl_celeba.data.images import load_face
 
@@ -81,3 +81,27 @@ class JpegFaces(Dataset[Batch]):
     def __getitem__(self, index: int) -> Batch:
         image = self.transform(load_face(self.image_paths[index], self.size))
         return image, self.targets[index], self.mask[index]
+
+
+class EpochShuffle(Sampler[int]):
+    """A random permutation per epoch that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every training epoch, so a run resumed from a
+    checkpoint sees the same order of samples as an uninterrupted one (torch's RandomSampler
+    draws from the global generator instead, whose state a checkpoint does not pin down).
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())

@@ -1,0 +1,237 @@
+"""The LightningDataModule: CelebA's official splits, any subset of its 40 attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from mtl_celeba.data.attributes import resolve_attributes
+from mtl_celeba.data.augment import device_transform, naive_transform
+from mtl_celeba.data.cache import load_or_build_cache
+from mtl_celeba.data.celeba import CelebAIndex, load_celeba
+from mtl_celeba.data.datasets import CachedFaces, EpochShuffle, JpegFaces, keep_batch
+from mtl_celeba.data.synthetic import ensure_synthetic_celeba
+from mtl_celeba.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+PIPELINES = ("cached", "naive")
+SOURCES = ("synthetic", "celeba")
+
+
+def hide_labels(
+    labels: np.ndarray, attributes: Sequence[str], fraction: float | Mapping[str, float], seed: int
+) -> np.ndarray:
+    """Mark a fixed random ``fraction`` of each task's labels as missing (NaN).
+
+    On CelebA every image carries every label, so DST's label-count term is 1 for all tasks;
+    hiding labels per task (a float for all, or a mapping task -> fraction) recreates the
+    paper's setting of unequal label counts. Seeded per task, so a task's hidden samples do
+    not change when other tasks are added.
+    """
+    fractions = fraction if isinstance(fraction, Mapping) else dict.fromkeys(attributes, fraction)
+    unknown = sorted(set(fractions) - set(attributes))
+    if unknown:
+        raise ConfigError(
+            f"data.hide_labels names {', '.join(unknown)}, which are not among data.attributes; "
+            "list only chosen attributes."
+        )
+    labels = labels.copy()
+    for column, name in enumerate(attributes):
+        share = float(fractions.get(name, 0.0))
+        if not 0.0 <= share < 1.0:
+            raise ConfigError(f"data.hide_labels for {name} is {share}: use a fraction in [0, 1).")
+        if share == 0.0:
+            continue
+        task_seed = [seed, sum(name.encode())]
+        hidden = np.random.default_rng(task_seed).random(len(labels)) < share
+        labels[hidden, column] = np.nan
+    return labels
+
+
+class CelebADataModule(L.LightningDataModule):
+    """Train/val/test loaders for the chosen CelebA attributes.
+
+    Images are the centred 178x178 square resized to ``image_size`` (see
+    :mod:`mtl_celeba.data.images`). With ``pipeline="cached"`` (the default) each split is
+    decoded once into a uint8 memory map and batches are normalised and flipped on the
+    device; ``pipeline="naive"`` decodes every image in the workers with torchvision
+    transforms. Batches are ``(images, targets, mask)``, the mask false for missing labels.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        attributes: Sequence[str],
+        source: str = "celeba",
+        num_images: int = 12_000,
+        seed: int = 0,
+        label_noise: float = 0.0,
+        image_size: int = 64,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pipeline: str = "cached",
+        cache_dir: str | None = None,
+        cache_workers: int | None = None,
+        flip: bool = True,
+        max_shift: int = 0,
+        pin_memory: bool = True,
+        check_images: bool = True,
+        hide_labels: float | Mapping[str, float] = 0.0,
+        hide_labels_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ConfigError(f"data.source is {source!r}: use one of {', '.join(SOURCES)}.")
+        if pipeline not in PIPELINES:
+            raise ConfigError(f"data.pipeline is {pipeline!r}: use one of {', '.join(PIPELINES)}.")
+        if image_size < 16:
+            raise ConfigError(f"data.image_size is {image_size}: use at least 16 pixels.")
+        self.attributes = resolve_attributes(attributes)
+        self.root = Path(root)
+        self.source = source
+        self.num_images = num_images
+        self.seed = seed
+        self.label_noise = label_noise
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pipeline = pipeline
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".mtl_cache"
+        self.cache_workers = cache_workers
+        self.flip = flip
+        self.max_shift = max_shift
+        self.pin_memory = pin_memory
+        self.check_images = check_images
+        self.hidden_label_fraction = hide_labels
+        self.hide_labels_seed = hide_labels_seed
+        self.shuffle_seed = shuffle_seed
+        self.index: CelebAIndex | None = None
+        self.datasets: dict[str, Dataset] = {}
+        self.split_labels: dict[str, np.ndarray] = {}
+
+    # ----------------------------------------------------------------- setup
+    def prepare_data(self) -> None:
+        """Generate the synthetic CelebA on first use (rank zero only; reused afterwards)."""
+        if self.source == "synthetic":
+            ensure_synthetic_celeba(self.root, self.num_images, self.seed, self.label_noise)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the annotations once and build the three split datasets."""
+        if self.index is not None:
+            return
+        if self.source == "synthetic":
+            ensure_synthetic_celeba(self.root, self.num_images, self.seed, self.label_noise)
+        self.index = load_celeba(self.root, self.attributes, check_images=self.check_images)
+        for split in SPLITS:
+            image_ids, labels = self.index.split(split)
+            if split == "train" and self.hidden_label_fraction:
+                labels = hide_labels(
+                    labels, self.attributes, self.hidden_label_fraction, self.hide_labels_seed
+                )
+            self.split_labels[split] = labels
+            self.datasets[split] = self._dataset(split, image_ids, labels)
+        rank_zero_info(self.summary())
+
+    def _dataset(self, split: str, image_ids: np.ndarray, labels: np.ndarray) -> Dataset:
+        assert self.index is not None
+        if self.pipeline == "cached":
+            images = load_or_build_cache(
+                self.cache_dir,
+                split,
+                self.index.layout.image_dir,
+                list(image_ids),
+                self.image_size,
+                self.cache_workers,
+            )
+            return CachedFaces(images, labels)
+        transform = naive_transform(
+            self.image_size, train=split == "train", flip=self.flip, max_shift=self.max_shift
+        )
+        paths = [self.index.image_path(image_id) for image_id in image_ids]
+        return JpegFaces(paths, labels, self.image_size, transform)
+
+    # ----------------------------------------------------------- statistics
+    @property
+    def num_tasks(self) -> int:
+        return len(self.attributes)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of images per split."""
+        return {split: len(labels) for split, labels in self.split_labels.items()}
+
+    def label_counts(self, split: str = "train") -> np.ndarray:
+        """Number of samples carrying a label, per task (DST's c_t on the training split)."""
+        return (~np.isnan(self.split_labels[split])).sum(axis=0)
+
+    def positive_rates(self, split: str = "train") -> np.ndarray:
+        """Share of positives among the labelled samples, per task."""
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(self.split_labels[split], axis=0)
+
+    def majority_accuracy(self, split: str = "test") -> np.ndarray:
+        """Accuracy on ``split`` of always predicting each task's majority class in training."""
+        train_majority = self.positive_rates("train") >= 0.5
+        rates = self.positive_rates(split)
+        return np.where(train_majority, rates, 1.0 - rates)
+
+    def summary(self) -> str:
+        """A one-screen description: layout, samples per split, positive rate per attribute."""
+        assert self.index is not None
+        table = pd.DataFrame(
+            {split: self.positive_rates(split) for split in SPLITS},
+            index=pd.Index(self.attributes, name="attribute"),
+        )
+        sizes = ", ".join(f"{split} {count:,}" for split, count in self.split_sizes().items())
+        header = (
+            f"CelebA ({self.index.layout.name} layout) at {self.index.layout.root}: {sizes} images; "
+            f"{self.image_size}px, {self.pipeline} pipeline.\nPositive rate per attribute:"
+        )
+        return header + "\n" + table.to_string(float_format=lambda value: f"{value:.3f}")
+
+    # ---------------------------------------------------------- dataloaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        cached = self.pipeline == "cached"
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            collate_fn=keep_batch if cached else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise (and on training batches flip/shift) uint8 images on the device."""
+        images, targets, mask = batch
+        if images.dtype == torch.uint8:
+            training = self.trainer is not None and self.trainer.training
+            images = device_transform(
+                images, train=training, flip=self.flip, max_shift=self.max_shift
+            )
+        return images, targets, mask

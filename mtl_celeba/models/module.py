@@ -1,0 +1,214 @@
+"""The multi-task LightningModule: one shared torchvision backbone, one head per task."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtl_celeba.models.backbones import build_backbone
+from mtl_celeba.models.heads import build_heads
+from mtl_celeba.models.loss import masked_task_losses
+from mtl_celeba.models.metrics import METRIC_NAMES, TaskMetrics
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The states of Python's, numpy's and torch's (CPU and CUDA) global random generators."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _plain_numpy_state(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _plain_numpy_state(state: tuple[Any, ...]) -> tuple[Any, ...]:
+    """numpy's legacy state with the key array as a list: loadable with ``weights_only=True``."""
+    name, keys, position, has_gauss, cached_gaussian = state
+    return name, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`collect_rng_states`."""
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state(
+        (name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian)
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+SPLITS = ("train", "val", "test")
+
+
+class MultiTaskModule(L.LightningModule):
+    """Hard parameter sharing: ``backbone`` features feed one small head per task.
+
+    The training loss is ``sum_t task_gates[t] * task_loss_weights[t] * L_t`` where ``L_t``
+    is task t's mean BCE over its labelled samples. ``task_gates`` (all ones by default) and
+    ``task_loss_weights`` are buffers that a scheduling callback such as DST sets; the
+    module itself never changes them. Every task's loss is measured and logged, gated or not.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        backbone: str = "resnet18",
+        weights: str | None = None,
+        freeze: str | int | None = None,
+        head_hidden: Sequence[int] = (),
+        head_dropout: float = 0.0,
+        head_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        pos_weight: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.tasks = list(tasks)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.channels_last = channels_last
+        self.backbone = build_backbone(backbone, weights=weights, freeze=freeze)
+        self.heads = build_heads(
+            self.tasks,
+            self.backbone.out_features,
+            hidden=head_hidden,
+            dropout=head_dropout,
+            overrides=head_overrides,
+        )
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile:
+            self.backbone.compile()
+        num_tasks = len(self.tasks)
+        self.register_buffer("task_gates", torch.ones(num_tasks))
+        self.register_buffer("task_loss_weights", torch.ones(num_tasks))
+        self.register_buffer("pos_weight", torch.ones(num_tasks))
+        self.register_buffer("train_loss_sum", torch.zeros(num_tasks), persistent=False)
+        self.register_buffer("train_label_count", torch.zeros(num_tasks), persistent=False)
+        # binned AUROC on the training split keeps its memory constant; exact on val and test
+        self.train_metrics = TaskMetrics(num_tasks, auroc_thresholds=100)
+        self.val_metrics = TaskMetrics(num_tasks)
+        self.test_metrics = TaskMetrics(num_tasks)
+        #: The last computed metrics per split: {split: {metric: [value per task]}}.
+        self.results: dict[str, dict[str, list[float]]] = {}
+
+    # ------------------------------------------------------------ structure
+    @property
+    def task_depths(self) -> list[int]:
+        """Weight layers on each task's input-to-output path (DST's d_t)."""
+        return [self.backbone.depth + self.heads[task].depth for task in self.tasks]
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> logits (B, T)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(images)
+        return torch.stack([self.heads[task](features) for task in self.tasks], dim=1)
+
+    def setup(self, stage: str) -> None:
+        """Take the positive-class weights from the training split when ``pos_weight`` is on."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
+            rates = torch.as_tensor(datamodule.positive_rates("train"), dtype=torch.float32)
+            self.pos_weight.copy_(((1 - rates) / rates.clamp_min(1e-6)).clamp(max=100.0))
+
+    # ----------------------------------------------------------------- steps
+    def _metrics(self, split: str) -> TaskMetrics:
+        return getattr(self, f"{split}_metrics")
+
+    def _shared_step(self, batch: Batch, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        images, targets, mask = batch
+        logits = self(images)
+        pos_weight = self.pos_weight if self.hparams.pos_weight else None
+        loss_sums, counts = masked_task_losses(logits, targets, mask, pos_weight)
+        self._metrics(split).update(logits, targets, mask)
+        return logits, loss_sums, counts
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        _, loss_sums, counts = self._shared_step(batch, "train")
+        task_losses = loss_sums / counts.clamp_min(1)
+        loss = (self.task_gates * self.task_loss_weights * task_losses).sum()
+        self.train_loss_sum += loss_sums.detach()
+        self.train_label_count += counts.detach()
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(counts)
+        )
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        _, loss_sums, counts = self._shared_step(batch, "val")
+        self.log("val/loss", (loss_sums / counts.clamp_min(1)).sum(), on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    # ------------------------------------------------------------ epoch ends
+    def on_train_epoch_start(self) -> None:
+        self.train_loss_sum.zero_()
+        self.train_label_count.zero_()
+
+    def epoch_task_losses(self) -> Tensor:
+        """This rank's mean training loss per task so far in the epoch (before loss weights)."""
+        return self.train_loss_sum / self.train_label_count.clamp_min(1)
+
+    def _log_split_metrics(self, split: str) -> None:
+        values = self._metrics(split).compute()
+        self._metrics(split).reset()
+        for name in METRIC_NAMES:
+            per_task = {
+                f"{split}/{name}/{task}": value
+                for task, value in zip(self.tasks, values[name], strict=True)
+            }
+            self.log_dict(per_task)
+            self.log(f"{split}/{name}/mean", values[name].mean(), prog_bar=name == "accuracy")
+        self.results[split] = {name: values[name].tolist() for name in METRIC_NAMES}
+
+    def on_train_epoch_end(self) -> None:
+        losses = self.trainer.strategy.reduce(self.train_loss_sum, reduce_op="sum")
+        counts = self.trainer.strategy.reduce(self.train_label_count, reduce_op="sum")
+        task_losses = losses / counts.clamp_min(1)
+        self.log_dict(
+            {f"train/loss/{task}": loss for task, loss in zip(self.tasks, task_losses, strict=True)}
+        )
+        self._log_split_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split_metrics("test")
+
+    # --------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the random generators' states, so a resumed run draws what an uninterrupted one would."""
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
+
+    # ------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = (self.optimizer_factory or torch.optim.Adam)(parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)},
+        }

@@ -1,0 +1,171 @@
+"""``mtl-train``: compose a Hydra config, train, test the best checkpoint, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from omegaconf import DictConfig, open_dict
+
+from mtl_celeba.config import CONFIG_DIR, hydra_choices, instantiate, is_multirun
+from mtl_celeba.dashboard import add_task_curves_layout
+from mtl_celeba.data.attributes import resolve_attributes
+from mtl_celeba.errors import ConfigError, UserError
+from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
+from mtl_celeba.scheduling.callbacks import TaskGating
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of the ``callbacks`` group plus the strategy's scheduling callback, if any."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    strategy_callback = cfg.strategy.get("callback")
+    if strategy_callback is not None:
+        callbacks.append(instantiate(strategy_callback))
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def apply_single_task(cfg: DictConfig) -> None:
+    """``strategy=stl``: train one network on ``strategy.task`` alone (replaces data.attributes)."""
+    if cfg.strategy.name != "stl":
+        return
+    task = cfg.strategy.get("task")
+    if task is None:
+        if len(cfg.data.attributes) != 1:
+            raise ConfigError(
+                "strategy=stl trains one network per attribute: run the ready multirun "
+                "`mtl-train experiment=stl`, or pick one with strategy.task=NAME."
+            )
+        return
+    with open_dict(cfg):
+        cfg.data.attributes = resolve_attributes([task], key="strategy.task")
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The main choices of a run, as the report groups runs by them."""
+    choices = hydra_choices()
+    strategy = cfg.strategy
+    return {
+        "backbone": cfg.model.backbone,
+        "weights": cfg.model.weights,
+        "freeze": cfg.model.freeze,
+        "strategy": strategy.name,
+        "drop_metrics": list(strategy.callback.metrics)
+        if strategy.get("callback") and "metrics" in strategy.callback
+        else None,
+        "attribute_set": choices.get("attributes", "custom"),
+        "experiment": choices.get("experiment"),
+        "data_source": cfg.data.source,
+        "data_root": str(cfg.data.root),
+        "image_size": cfg.data.image_size,
+        "seed": cfg.seed,
+        "precision": str(cfg.trainer.precision),
+        "max_epochs": cfg.trainer.max_epochs,
+    }
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
+    started = time.perf_counter()
+    results: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "config": {}}
+    write_results(run_dir, results)
+    try:
+        apply_single_task(cfg)
+        results["config"] = run_config(cfg)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        callbacks = instantiate_callbacks(cfg)
+        loggers = instantiate_loggers(cfg)
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        for logger in loggers:
+            logger.log_hyperparams({k: v for k, v in results["config"].items() if v is not None})
+            if isinstance(logger, TensorBoardLogger):
+                add_task_curves_layout(logger)
+
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # before validate/test, which restore the callbacks' state from the best checkpoint
+        schedules = [c.results_summary() for c in callbacks if isinstance(c, TaskGating)]
+        checkpoint = next(
+            (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None
+        )
+        best = (
+            checkpoint.best_model_path
+            if checkpoint is not None and checkpoint.best_model_path
+            else None
+        )
+        best_epoch = int(torch_load_epoch(best)) if best else None
+        if cfg.get("test"):
+            trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        results.update(
+            status="completed",
+            **evaluation_results(model, datamodule),
+            best_epoch=best_epoch,
+            epochs_trained=trainer.current_epoch,
+            best_checkpoint=best,
+        )
+        if schedules:
+            results["schedule"] = schedules[0]
+    except BaseException as error:
+        results.update(status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        results["wall_time_s"] = round(time.perf_counter() - started, 2)
+        write_results(run_dir, results)
+    return results
+
+
+def torch_load_epoch(checkpoint_path: str) -> int:
+    """The epoch a checkpoint was saved at (0-based), read without loading the weights onto a device."""
+    import torch
+
+    return torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)["epoch"]
+
+
+def print_summary(results: dict[str, Any], run_dir: Path) -> None:
+    """The final console table, the run folder and how to open TensorBoard."""
+    if results.get("test"):
+        print(
+            "\nTest metrics (best checkpoint"
+            + (f", epoch {results['best_epoch']}" if results.get("best_epoch") is not None else "")
+            + "):"
+        )
+        print(format_table(results_table(results, "test")))
+    print(f"\nRun folder: {run_dir}")
+    print(f"Results:    {run_dir / 'metrics.json'}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the mean test accuracy (for sweepers that optimise it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        results = train(cfg, run_dir)
+    except UserError as error:
+        if is_multirun():
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print_summary(results, run_dir)
+    test = results.get("test")
+    return test["mean"]["accuracy"] if test else None
+
+
+if __name__ == "__main__":
+    main()
