@@ -38,8 +38,16 @@ _HAIR_COLOURS: dict[str, Colour] = {
     "Brown_Hair": (112, 72, 42),
     "Gray_Hair": (178, 178, 176),
 }
-#: Hair that is none of CelebA's four named colours: dark brown, auburn, chestnut.
-_OTHER_HAIR_COLOURS: tuple[Colour, ...] = ((62, 42, 30), (132, 58, 32), (88, 52, 34))
+#: Hair that is none of CelebA's four named colours: dark brown (near black), auburn,
+#: chestnut, light brown (near dark blond).
+_OTHER_HAIR_COLOURS: tuple[Colour, ...] = (
+    (52, 38, 28),
+    (132, 58, 32),
+    (88, 52, 34),
+    (160, 120, 76),
+)
+#: Blond runs from golden to dark ash; the darker shades border on light brown.
+_BLOND_SHADES: tuple[Colour, ...] = ((224, 192, 124), (236, 214, 160), (190, 158, 104))
 _SKIN_LIGHT: Colour = (240, 208, 182)
 _SKIN_MID: Colour = (200, 152, 116)
 _SKIN_DARK: Colour = (112, 74, 52)
@@ -102,6 +110,34 @@ def _curve(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -
     return np.array((xs, ys), dtype=float).T
 
 
+#: Chance that an attribute's cue is drawn at a borderline size, between its typical sizes
+#: when on and off, whatever the label says. Like CelebA's, the labels are then not perfectly
+#: predictable from the pictures, and the subtler attributes are the harder ones.
+BORDERLINE_CHANCE: dict[str, float] = {
+    "Arched_Eyebrows": 0.2,
+    "Wavy_Hair": 0.25,
+    "Big_Nose": 0.2,
+    "Big_Lips": 0.15,
+    "Young": 0.12,
+    "Smiling": 0.12,
+    "Mouth_Slightly_Open": 0.1,
+}
+
+
+def _cue(
+    rng: np.random.Generator,
+    name: str,
+    on: bool,
+    on_range: tuple[float, float],
+    off_range: tuple[float, float],
+    borderline_range: tuple[float, float],
+) -> tuple[float, bool]:
+    """The size of an attribute's visible cue, and whether it was drawn borderline."""
+    if rng.random() < BORDERLINE_CHANCE[name]:
+        return rng.uniform(*borderline_range), True
+    return rng.uniform(*(on_range if on else off_range)), False
+
+
 class _Canvas:
     """An RGB image with drawing in the nominal frame, mapped through the head pose."""
 
@@ -160,8 +196,16 @@ class _Face:
     nose_width: float
     mouth_y: float
     mouth_half: float
-    smile: float
     hairline_y: float
+    # sizes of the cues that carry the harder labels (see _cue)
+    smile: float  # how far the mouth corners rise
+    mouth_gap: float  # height of the dark opening between the lips
+    lip_upper: float
+    lip_lower: float
+    brow_arch: float  # height of the eyebrow's rise
+    brow_peak: float  # 1 a sharp peak, 0 a smooth curve
+    wave: float  # amplitude of the hair's waves; 0 for none
+    wrinkles: float  # strength of the wrinkles; 0 for none
 
     def outline(self, n: int = 40) -> Points:
         """The face outline: an ellipse on top, a squarer and tapering jaw below."""
@@ -236,7 +280,9 @@ def _skin_colour(labels: Mapping[str, bool], rng: np.random.Generator) -> Colour
 
 def _hair_colour(labels: Mapping[str, bool], rng: np.random.Generator) -> Colour:
     named = [name for name in _HAIR_COLOURS if labels[name]]
-    if named:
+    if named == ["Blond_Hair"]:
+        colour = _BLOND_SHADES[rng.integers(len(_BLOND_SHADES))]
+    elif named:
         colour = _HAIR_COLOURS[named[0]]
     else:
         colour = _OTHER_HAIR_COLOURS[rng.integers(len(_OTHER_HAIR_COLOURS))]
@@ -252,10 +298,11 @@ def _draw_hair_texture(
     """A hair-coloured layer with strands: wavy bands, straight sleek lines, or loose texture."""
     layer = Image.new("RGB", canvas.image.size, face.hair)
     draw = ImageDraw.Draw(layer)
-    ys = np.arange(30.0, HEIGHT + 12, 5.0 if labels["Wavy_Hair"] else 12.0)
-    if labels["Wavy_Hair"]:
-        amplitude, period, spacing, width = rng.uniform(5.5, 8.0), rng.uniform(24, 32), 7.0, 4
-        contrast = 1.0
+    wavy = face.wave > 0
+    ys = np.arange(30.0, HEIGHT + 12, 5.0 if wavy else 12.0)
+    if wavy:
+        amplitude, period, spacing, width = face.wave, rng.uniform(24, 32), 7.0, 4
+        contrast = min(1.0, face.wave / 4.0)
     elif labels["Straight_Hair"]:
         amplitude, period, spacing, width = 0.0, 1.0, 5.0, 2
         contrast = 0.8
@@ -267,7 +314,7 @@ def _draw_hair_texture(
     phase = rng.uniform(0, 2 * math.pi)
     for i, x0 in enumerate(np.arange(face.cx - 72.0, face.cx + 72.0, spacing)):
         # neighbouring wavy strands share their phase, so the waves read as bands
-        strand_phase = phase if labels["Wavy_Hair"] else rng.uniform(0, 2 * math.pi)
+        strand_phase = phase if wavy else rng.uniform(0, 2 * math.pi)
         xs = x0 + amplitude * np.sin(2 * math.pi * ys / period + strand_phase)
         colour = light if i % 2 == 0 else dark
         draw.line(canvas.map(_curve(xs, ys)), fill=colour, width=canvas.width(width))
@@ -295,13 +342,13 @@ def _hair_shapes(
 ) -> tuple[list[Points], list[Points]]:
     """The hair behind the face (long hair) and in front of it (cap, bangs, sideburns)."""
     cx, cy, rx, ry = face.cx, face.cy, face.rx, face.ry
-    male, wavy = labels["Male"], labels["Wavy_Hair"]
+    male, wavy = labels["Male"], face.wave > 0
     volume = rng.uniform(2.0, 5.0) if male else rng.uniform(5.0, 10.0)
-    volume += 4.0 if wavy else 0.0
+    volume += face.wave * 0.6
     top_volume = volume + rng.uniform(3.0, 8.0)
     long_hair = rng.random() < (0.08 if male else 0.9)
     phase = rng.uniform(0, 2 * math.pi)
-    wave = rng.uniform(2.5, 4.0) if wavy else 0.0
+    wave = face.wave * 0.5
 
     back: list[Points] = []
     front: list[Points] = []
@@ -331,6 +378,12 @@ def _hair_shapes(
             sides_y,
         )
         back.append(np.concatenate([left[::-1], crown, right]))
+        if rng.random() < 0.3:  # locks falling over the ears (and any earrings)
+            for side in (-1, 1):
+                x = cx + side * (rx + 1)
+                front.append(
+                    _curve([x - 7, x + 7, x + 8, x - 8], [cy - 22, cy - 22, cy + 30, cy + 30])
+                )
 
     # the cap: outer crown above, the hairline arc below (receding: higher, with temples cut back)
     inner_x = np.linspace(cx + rx - 1, cx - rx + 1, 25)
@@ -389,10 +442,11 @@ def _draw_neck_and_clothes(
     if labels["Wearing_Necklace"]:
         colour = _METALS[rng.integers(len(_METALS))]
         half = neck_half + 1
-        depth = rng.uniform(12, 18)
+        depth = rng.uniform(10, 22)
         chain = _ellipse(cx, 172, half, depth, 0.05 * math.pi, 0.95 * math.pi, 16)
-        canvas.line(chain, colour, 3.5)
-        canvas.ellipse(cx, 172 + depth + 2, 3.8, 4.2, colour)
+        canvas.line(chain, colour, rng.uniform(2.0, 3.5))
+        if rng.random() < 0.6:
+            canvas.ellipse(cx, 172 + depth + 2, 3.5, 4.0, colour)
 
 
 def _draw_ears(
@@ -466,9 +520,8 @@ def _draw_age(
 ) -> None:
     """Wrinkles for the not-Young, bags under the eyes."""
     cx = face.cx
-    if not labels["Young"]:
-        strength = rng.uniform(0.55, 1.0)
-        line = _scale(face.skin, 1.0 - 0.4 * strength)
+    if face.wrinkles:
+        line = _scale(face.skin, 1.0 - 0.4 * face.wrinkles)
         forehead_top = face.hairline_y + 5
         for y in np.arange(forehead_top, face.brow_y - 8, 5.5)[:3]:
             xs = np.linspace(cx - face.rx * 0.5, cx + face.rx * 0.5, 7)
@@ -545,12 +598,11 @@ def _draw_eyebrows(
     if labels["Male"]:
         thickness += 0.6
     t = np.linspace(0.0, 1.0, 11)
-    if labels["Arched_Eyebrows"]:
-        peak, height = rng.uniform(0.55, 0.7), rng.uniform(5.5, 8.5)
-        lift = height * np.where(t < peak, t / peak, ((1 - t) / (1 - peak)) ** 1.2)
-        lift = lift - 1.5 * t  # the tail drops below the start
-    else:
-        lift = rng.uniform(0.0, 2.2) * np.sin(math.pi * t)
+    peak = rng.uniform(0.55, 0.7)
+    # the tail of a peaked brow drops below its start
+    peaked = np.where(t < peak, t / peak, ((1 - t) / (1 - peak)) ** 1.2) - 0.2 * t
+    smooth = np.sin(math.pi * t)
+    lift = face.brow_arch * (face.brow_peak * peaked + (1 - face.brow_peak) * smooth)
     tilt = rng.uniform(-1.5, 1.5)
     taper = 1.0 - 0.45 * t
     for side in (-1, 1):
@@ -593,10 +645,7 @@ def _draw_mouth(
     xs = np.linspace(-half, half, 15)
     base = centre_y - smile * (xs / half) ** 2
     envelope = np.sqrt(np.clip(1 - (xs / half) ** 2, 0, 1))
-    big = labels["Big_Lips"]
-    upper = rng.uniform(5.0, 6.5) if big else rng.uniform(2.5, 3.8)
-    lower = rng.uniform(6.5, 8.5) if big else rng.uniform(3.5, 5.0)
-    gap = rng.uniform(8.0, 12.0) if labels["Mouth_Slightly_Open"] else 0.0
+    upper, lower, gap = face.lip_upper, face.lip_lower, face.mouth_gap
     bow = 1.2 * np.exp(-((xs / 2.5) ** 2))  # Cupid's bow dips the upper lip's middle
     upper_top = base - (gap / 2 + upper) * envelope + bow
     upper_bottom = base - gap / 2 * envelope
@@ -611,7 +660,7 @@ def _draw_mouth(
         canvas.polygon(
             np.concatenate([_curve(x, upper_bottom), _curve(x, lower_top)[::-1]]), (70, 22, 28)
         )
-        if labels["Smiling"]:
+        if labels["Smiling"] and gap > 4:
             teeth = upper_bottom + gap * 0.5 * envelope
             canvas.polygon(
                 np.concatenate([_curve(x, upper_bottom), _curve(x, teeth)[::-1]]), (238, 234, 224)
@@ -636,10 +685,10 @@ def _draw_glasses(canvas: _Canvas, face: _Face, rng: np.random.Generator) -> Non
     frame = [(22, 20, 20), (90, 52, 30), (150, 150, 160), _random_colour(rng, 20, 200)][
         rng.integers(4)
     ]
-    thickness = rng.uniform(2.4, 3.6)
+    thickness = rng.uniform(3.0, 4.2)
     round_lenses = rng.random() < 0.4
     sunglasses = rng.random() < 0.25
-    half_w, half_h = 12.0, rng.uniform(8.0, 10.0)
+    half_w, half_h = 12.0, rng.uniform(8.5, 10.5)
     for side in (-1, 1):
         ex, ey = face.cx + side * face.eye_dx, face.eye_y + 1
         if round_lenses:
@@ -705,19 +754,19 @@ def _finish(
         image = image.reduce(factor).resize(image.size, Image.Resampling.BICUBIC)
     xs, ys = _unit_grids()
     direction = rng.uniform(0, 2 * math.pi)
-    slope = rng.uniform(0.0, 0.3)
+    slope = rng.uniform(0.0, 0.4)
     light = (
         1.0
         + np.float32(slope * math.cos(direction)) * xs
         + np.float32(slope * math.sin(direction)) * ys
     )
-    gain = (rng.uniform(0.8, 1.15) * (1.0 + rng.uniform(-0.06, 0.06, 3))).astype(np.float32)
+    gain = (rng.uniform(0.72, 1.2) * (1.0 + rng.uniform(-0.07, 0.07, 3))).astype(np.float32)
     noise_x, noise_y = rng.integers(0, 64, 2)
     noise = _cached_noise_tile()[noise_y : noise_y + HEIGHT, noise_x : noise_x + WIDTH]
     pixels = np.asarray(image, dtype=np.float32)
     pixels *= light[..., None]
     pixels *= gain
-    pixels += noise * np.float32(rng.uniform(2.0, 6.0))
+    pixels += noise * np.float32(rng.uniform(2.0, 8.0))
     np.clip(pixels, 0, 255, out=pixels)
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
@@ -738,8 +787,25 @@ def _face_geometry(labels: Mapping[str, bool], rng: np.random.Generator) -> _Fac
         jaw_power = min(jaw_power, 2.0)
         jaw_taper += 0.06
     cy = 116.0
-    smiling = labels["Smiling"]
-    big_nose = labels["Big_Nose"]
+    smile, _ = _cue(rng, "Smiling", labels["Smiling"], (4.0, 8.5), (-1.5, 2.0), (2.0, 4.5))
+    gap, _ = _cue(
+        rng,
+        "Mouth_Slightly_Open",
+        labels["Mouth_Slightly_Open"],
+        (6.0, 12.0),
+        (0.0, 0.0),
+        (1.5, 4.5),
+    )
+    lip, _ = _cue(rng, "Big_Lips", labels["Big_Lips"], (5.0, 6.5), (2.5, 3.8), (3.6, 5.0))
+    nose_width, _ = _cue(rng, "Big_Nose", labels["Big_Nose"], (10.0, 13.5), (6.5, 9.0), (8.5, 10.5))
+    arch, borderline = _cue(
+        rng, "Arched_Eyebrows", labels["Arched_Eyebrows"], (4.5, 8.5), (0.0, 2.0), (2.0, 4.5)
+    )
+    brow_peak = 0.5 if borderline else float(labels["Arched_Eyebrows"])
+    wave = 0.0
+    if not labels["Bald"] and not labels["Straight_Hair"]:
+        wave, _ = _cue(rng, "Wavy_Hair", labels["Wavy_Hair"], (4.0, 7.5), (0.0, 0.0), (2.0, 4.0))
+    wrinkles, _ = _cue(rng, "Young", not labels["Young"], (0.45, 1.0), (0.0, 0.0), (0.12, 0.35))
     return _Face(
         cx=89.0,
         cy=cy,
@@ -752,15 +818,22 @@ def _face_geometry(labels: Mapping[str, bool], rng: np.random.Generator) -> _Fac
         eye_y=cy - 8 + rng.uniform(-1.0, 1.0),
         eye_dx=17.0 + rng.uniform(-1.0, 1.0),
         brow_y=cy - 19 + rng.uniform(-1.5, 1.0),
-        nose_y=cy + 15 + (3.0 if big_nose else 0.0) + rng.uniform(-1.0, 1.0),
-        nose_width=rng.uniform(11.0, 13.0) if big_nose else rng.uniform(7.0, 8.5),
+        nose_y=cy + 15 + 0.6 * (nose_width - 8.0) + rng.uniform(-1.0, 1.0),
+        nose_width=nose_width,
         mouth_y=cy + 30 + rng.uniform(-1.5, 1.5),
-        mouth_half=(rng.uniform(17.0, 20.0) if smiling else rng.uniform(13.0, 16.0)),
-        smile=rng.uniform(5.5, 8.5) if smiling else rng.uniform(-1.0, 1.5),
+        mouth_half=13.0 + 0.5 * smile + rng.uniform(0.0, 3.0),
         hairline_y=cy
         - ry
         + (4.0 if labels["Receding_Hairline"] else 11.0)
         + rng.uniform(-1.5, 1.5),
+        smile=smile,
+        mouth_gap=gap,
+        lip_upper=lip,
+        lip_lower=lip * rng.uniform(1.2, 1.45),
+        brow_arch=arch,
+        brow_peak=brow_peak,
+        wave=wave,
+        wrinkles=wrinkles,
     )
 
 
@@ -770,10 +843,9 @@ def render_face(labels: Mapping[str, bool], rng: np.random.Generator) -> Rendere
     ``rng`` supplies all nuisance: pose, scale, colours, background, lighting, noise.
     """
     face = _face_geometry(labels, rng)
-    angle = math.radians(rng.uniform(-9.0, 9.0))
-    canvas = _Canvas(
-        _background(rng), angle, rng.uniform(0.92, 1.07), (rng.uniform(-6, 6), rng.uniform(-5, 5))
-    )
+    angle = math.radians(rng.uniform(-12.0, 12.0))
+    shift = (rng.uniform(-8, 8), rng.uniform(-6, 6))
+    canvas = _Canvas(_background(rng), angle, rng.uniform(0.88, 1.1), shift)
     asymmetry = 0.0 if labels["Attractive"] else rng.uniform(-1.8, 1.8)
 
     back_hair, front_hair = _hair_shapes(face, labels, rng)

@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,8 +343,6 @@ def generate_synthetic_celeba(
     label_noise: float = 0.0,
     workers: int | None = None,
     progress: bool = True,
-    *,
-    _fix: str = "delete that folder or choose another output folder",
 ) -> Path:
     """Write a synthetic CelebA in torchvision's layout under ``out/celeba`` and return that folder.
 
@@ -356,11 +353,25 @@ def generate_synthetic_celeba(
     """
     _check_arguments(num_images, seed, label_noise, ("num_images", "seed", "label_noise"))
     target = Path(out) / "celeba"
-    settings = _settings(num_images, seed, label_noise)
-    if _existing(target, settings, _fix):
-        return target
-    workers = max(1, workers or os.cpu_count() or 1)
+    fix = "delete that folder or choose another output folder"
+    _generate(target, num_images, seed, label_noise, workers, progress, fix)
+    return target
 
+
+def _generate(
+    target: Path,
+    num_images: int,
+    seed: int,
+    label_noise: float,
+    workers: int | None,
+    progress: bool,
+    fix: str,
+) -> bool:
+    """Generate into ``target`` unless it already holds these settings; True if it generated."""
+    settings = _settings(num_images, seed, label_noise)
+    if _existing(target, settings, fix):
+        return False
+    workers = max(1, workers or os.cpu_count() or 1)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     image_dir = partial / "img_align_celeba"
@@ -368,36 +379,33 @@ def generate_synthetic_celeba(
         image_dir.mkdir(parents=True)
         labels = sample_labels(num_images, _stream(seed, _LABELS))
         landmarks, boxes = _render_all(image_dir, seed, labels, workers, progress)
-        written = (
-            add_label_noise(labels, label_noise, _stream(seed, _LABEL_NOISE))
-            if label_noise
-            else labels
-        )
+        written = add_label_noise(labels, label_noise, _stream(seed, _LABEL_NOISE))
         identities = sample_identities(num_images, _stream(seed, _IDENTITIES))
         _write_annotations(partial, written, identities, landmarks, boxes)
-        write_json_atomic(partial / MARKER, settings)
+        write_json_atomic(partial / MARKER, settings)  # last: only a finished folder has it
         if target.exists():
             target.rmdir()  # empty, checked above
         partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return target
+    return True
 
 
 def ensure_synthetic_celeba(
     root: str | Path, num_images: int, seed: int, label_noise: float = 0.0
 ) -> Path:
-    """Return ``root/celeba``, generating it first if it is not there (with a progress bar).
+    """Return ``root/celeba``, generating it first (with a progress bar) if it is not there.
 
-    A folder made with other settings, or not by the generator, raises :class:`DataError`.
+    Used by the DataModule on first use. A folder made with other settings, or not by the
+    generator, raises :class:`DataError`: it is never used or overwritten silently.
     """
-    _check_arguments(
-        num_images, seed, label_noise, ("data.num_images", "data.seed", "data.label_noise")
-    )
-    return generate_synthetic_celeba(
-        root, num_images, seed, label_noise, _fix="delete that folder or choose another data.root"
-    )
+    keys = ("data.num_images", "data.seed", "data.label_noise")
+    _check_arguments(num_images, seed, label_noise, keys)
+    target = Path(root) / "celeba"
+    fix = "delete that folder or choose another data.root"
+    _generate(target, num_images, seed, label_noise, None, True, fix)
+    return target
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -431,19 +439,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers is {args.workers}: choose 1 or more processes.")
     started = time.perf_counter()
-    target = generate_synthetic_celeba(
-        args.out,
-        args.num_images,
-        args.seed,
-        args.label_noise,
-        workers=args.workers,
-        _fix="delete that folder or choose another --out",
+    target = args.out / "celeba"
+    fix = "delete that folder or choose another --out"
+    generated = _generate(
+        target, args.num_images, args.seed, args.label_noise, args.workers, True, fix
     )
-    elapsed = time.perf_counter() - started
-    print(
-        f"Synthetic CelebA ({args.num_images} images, seed {args.seed}) is in {target} ({elapsed:.1f} s).",
-        file=sys.stdout,
-    )
+    if generated:
+        elapsed = time.perf_counter() - started
+        print(f"Wrote {args.num_images} synthetic CelebA images to {target} in {elapsed:.1f} s.")
+    else:
+        print(f"{target} already holds this synthetic CelebA; nothing to do.")
 
 
 if __name__ == "__main__":
