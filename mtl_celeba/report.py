@@ -124,6 +124,7 @@ def _run_rows(run_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
         "max_epochs": config.get("max_epochs"),
         "precision": config.get("precision"),
         "experiment": config.get("experiment"),
+        "epochs_trained": results.get("epochs_trained"),
     }
     majority = results.get("majority_accuracy") or {}
     return [
@@ -168,7 +169,7 @@ def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
 _RUN_COLUMNS = [
     "run", "strategy", "drop_metrics", "configuration", "backbone", "attribute_set", "seed",
     "data_source", "data_root", "image_size", "max_epochs", "precision", "experiment",
-    "task", "majority_accuracy",
+    "epochs_trained", "task", "majority_accuracy",
 ]  # fmt: skip
 
 
@@ -303,14 +304,15 @@ def compare(scores: pd.DataFrame, metric: str = "accuracy") -> Comparison:
         _delta_m_per_configuration(per_task, metric in LOWER_IS_BETTER), on=GROUP_KEYS, how="left"
     )
 
+    per_task = sort_groups(per_task.drop(columns=["mtl_mean"]))
     missing = per_task.loc[per_task["stl_mean"].isna(), ["backbone", "task"]].drop_duplicates()
     seeds = multi.drop_duplicates("run").groupby([*keys, "seed"], dropna=False).size()
     repeated = seeds[seeds > 1].reset_index(name="runs")
     return Comparison(
-        per_task=sort_groups(per_task.drop(columns=["mtl_mean", "stl_mean"])),
+        per_task=per_task.drop(columns=["stl_mean"]),
         overall=sort_groups(overall.drop(columns=["mtl_mean"])),
         stl=stl,
-        missing_stl=missing.sort_values(["backbone", "task"], ignore_index=True),
+        missing_stl=missing.reset_index(drop=True),
         repeated_seeds=repeated,
     )
 

@@ -150,8 +150,8 @@ def plot_dst_activation(history: pd.DataFrame, path: Path) -> None:
 def read_scalar_curve(run_dir: Path, tag: str) -> pd.DataFrame:
     """A scalar's values per epoch from a run's TensorBoard events: columns ``epoch``, ``value``.
 
-    Lightning logs by global step and adds an ``epoch`` scalar at the same step; a value logged
-    twice at one step (the ``validate`` after ``fit``) keeps the first, the one logged in training.
+    Lightning logs by global step and adds an ``epoch`` scalar (0-based) at the same step; of
+    values logged twice at one step the first is kept.
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -177,11 +177,15 @@ def read_val_curves(scores: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, li
     runs whose TensorBoard events lack it."""
     tag = f"val/{metric}/mean"
     runs = scores.drop_duplicates("run")[
-        ["run", "configuration", "backbone", "attribute_set", "seed"]
+        ["run", "configuration", "backbone", "attribute_set", "seed", "epochs_trained"]
     ]
     frames, without = [], []
     for run in runs.itertuples(index=False):
         curve = read_scalar_curve(Path(run.run), tag)
+        if pd.notna(run.epochs_trained):
+            # mtl-train validates the best checkpoint after fit, logged as epoch == epochs_trained:
+            # that point repeats an earlier epoch's value and is not part of the curve.
+            curve = curve[curve["epoch"] < run.epochs_trained]
         if curve.empty:
             without.append(run.run)
         else:
@@ -209,7 +213,16 @@ def plot_val_curves(curves: pd.DataFrame, metric: str, colours: dict[str, Any], 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(f"{backbone} · {attribute_set}")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        # List the configurations in the order of the report's tables, not the order of the runs.
+        handles, labels = axis.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: list(colours).index(labels[i]))
+        axis.legend(
+            [handles[i] for i in order],
+            [labels[i] for i in order],
+            fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
     _save(figure, path)
 
 

@@ -20,7 +20,7 @@ from mtl_celeba.report import (
     find_run_dirs,
     main,
 )
-from mtl_celeba.report_plots import read_scalar_curve
+from mtl_celeba.report_plots import read_scalar_curve, read_val_curves
 from mtl_celeba.scheduling.dst import HISTORY_COLUMNS
 
 TASKS = ("Smiling", "Male", "Young")
@@ -87,6 +87,7 @@ def write_run(
             for task, acc in accuracies.items()
         }
         results |= {
+            "epochs_trained": 3,
             "attributes": list(accuracies),
             "majority_accuracy": {task: MAJORITY[task] for task in accuracies},
             "test": {"per_task": per_task, "mean": {}},
@@ -105,17 +106,17 @@ def write_dst_history(run_dir: Path, probabilities: dict[str, list[float]]) -> N
     (run_dir / "dst_history.csv").write_text("\n".join(lines) + "\n")
 
 
-def write_val_curve(run_dir: Path, values: list[float], repeat_last: float | None = None) -> None:
-    """TensorBoard events as Lightning writes them: the metric and ``epoch`` at the same step."""
+def write_val_curve(run_dir: Path, values: list[float]) -> None:
+    """TensorBoard events as mtl-train leaves them: per epoch the metric and ``epoch`` at the same
+    step, then the validation of the best checkpoint after fit, at epoch == epochs trained."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
-    for epoch, value in enumerate(values):
+    for epoch, value in enumerate([*values, max(values)]):
         step = 10 * (epoch + 1)
         writer.add_scalar("val/accuracy/mean", value, step)
         writer.add_scalar("epoch", epoch, step)
-    if repeat_last is not None:  # the validate() after fit logs again at the last step
-        writer.add_scalar("val/accuracy/mean", repeat_last, 10 * len(values))
+    writer.add_scalar("val/accuracy/mean", 0.0, step)  # logged twice at one step: the first counts
     writer.close()
 
 
@@ -333,11 +334,17 @@ def test_report_of_failed_runs_only(tmp_path: Path) -> None:
     assert "## Summary" not in md and not list(tmp_path.glob("*.png"))
 
 
-def test_validation_curve_keeps_the_training_value_per_step(tmp_path: Path) -> None:
-    write_val_curve(tmp_path, [0.6, 0.7, 0.75], repeat_last=0.1)
-    curve = read_scalar_curve(tmp_path, "val/accuracy/mean")
-    assert curve["epoch"].tolist() == [0, 1, 2]
-    assert curve["value"].tolist() == pytest.approx([0.6, 0.7, 0.75])
+def test_validation_curves_are_the_training_epochs(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "0", "mtl", 0, {"Smiling": 0.9})
+    write_val_curve(run, [0.6, 0.75, 0.7])
+    curve = read_scalar_curve(run, "val/accuracy/mean")
+    assert curve["epoch"].tolist() == [0, 1, 2, 3]
+    assert curve["value"].tolist() == pytest.approx([0.6, 0.75, 0.7, 0.75])
+
+    curves, without = read_val_curves(collect_runs([run])[0], "accuracy")
+    assert without == []
+    assert curves["epoch"].tolist() == [0, 1, 2]  # not the check of the best checkpoint after fit
+    assert curves["configuration"].unique().tolist() == ["mtl"]
 
 
 # --------------------------------------------------------------------------- bad input
