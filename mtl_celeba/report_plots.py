@@ -3,6 +3,8 @@
 ``accuracy_by_strategy.png`` (per-task test metric by configuration), ``dst_activation.png``
 (DST activation probability per task over epochs, from ``dst_history.csv``) and
 ``val_curves.png`` (validation mean per epoch of every run, from its TensorBoard events).
+Figures are drawn on matplotlib's non-interactive Agg canvas, without pyplot: no display and
+no global figure state, so the report runs on headless nodes and inside sweeps.
 """
 
 from __future__ import annotations
