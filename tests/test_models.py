@@ -62,7 +62,7 @@ def test_vgg16_drops_the_whole_classifier_and_pools(vgg16: Backbone) -> None:
     ("name", "out_features"),
     [
         ("mobilenet_v3_small", 1024),  # the pre-logits Linear(576, 1024) stays
-        ("efficientnet_b0", 1280),
+        pytest.param("efficientnet_b0", 1280, marks=pytest.mark.slow),
         ("squeezenet1_1", 512),  # its classifier is a conv: pooled like VGG
         pytest.param("googlenet", 1024, marks=pytest.mark.slow),  # aux classifiers removed
     ],
