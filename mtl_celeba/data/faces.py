@@ -32,22 +32,15 @@ Points = np.ndarray  # (n, 2) x, y in the nominal frame
 _PIVOT = np.array([89.0, 118.0])
 
 _WHITE: Colour = (255, 255, 255)
-_HAIR_COLOURS: dict[str, Colour] = {
-    "Black_Hair": (30, 26, 24),
-    "Blond_Hair": (224, 192, 124),
-    "Brown_Hair": (112, 72, 42),
-    "Gray_Hair": (178, 178, 176),
+#: Shades of CelebA's four named hair colours. Dark blond borders on light brown.
+_HAIR_SHADES: dict[str, tuple[Colour, ...]] = {
+    "Black_Hair": ((30, 26, 24),),
+    "Blond_Hair": ((224, 192, 124), (236, 214, 160), (190, 158, 104)),
+    "Brown_Hair": ((112, 72, 42), (98, 64, 40)),
+    "Gray_Hair": ((178, 178, 176), (206, 206, 202)),
 }
-#: Hair that is none of CelebA's four named colours: dark brown (near black), auburn,
-#: chestnut, light brown (near dark blond).
-_OTHER_HAIR_COLOURS: tuple[Colour, ...] = (
-    (52, 38, 28),
-    (132, 58, 32),
-    (88, 52, 34),
-    (160, 120, 76),
-)
-#: Blond runs from golden to dark ash; the darker shades border on light brown.
-_BLOND_SHADES: tuple[Colour, ...] = ((224, 192, 124), (236, 214, 160), (190, 158, 104))
+#: Hair of none of the named colours: dark brown (near black), auburn, chestnut, light brown.
+_OTHER_HAIR_SHADES: tuple[Colour, ...] = ((52, 38, 28), (132, 58, 32), (88, 52, 34), (160, 120, 76))
 _SKIN_LIGHT: Colour = (240, 208, 182)
 _SKIN_MID: Colour = (200, 152, 116)
 _SKIN_DARK: Colour = (112, 74, 52)
@@ -114,7 +107,7 @@ def _curve(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -
 #: when on and off, whatever the label says. Like CelebA's, the labels are then not perfectly
 #: predictable from the pictures, and the subtler attributes are the harder ones.
 BORDERLINE_CHANCE: dict[str, float] = {
-    "Arched_Eyebrows": 0.2,
+    "Arched_Eyebrows": 0.25,
     "Wavy_Hair": 0.25,
     "Big_Nose": 0.2,
     "Big_Lips": 0.15,
@@ -266,10 +259,9 @@ def _background(rng: np.random.Generator) -> Image.Image:
 def _skin_colour(labels: Mapping[str, bool], rng: np.random.Generator) -> Colour:
     if labels["Pale_Skin"]:
         return _jitter(_SKIN_PALE, rng, 0.02)
-    tone = rng.choice(
-        [rng.uniform(0.0, 0.45), rng.uniform(0.45, 0.75), rng.uniform(0.75, 1.0)],
-        p=[0.72, 0.2, 0.08],
-    )
+    # mostly light skin, as in CelebA; 0 lightest, 1 darkest
+    band = rng.choice(3, p=[0.72, 0.2, 0.08])
+    tone = rng.uniform(*((0.0, 0.45), (0.45, 0.75), (0.75, 1.0))[band])
     skin = (
         _mix(_SKIN_LIGHT, _SKIN_MID, tone / 0.6)
         if tone < 0.6
@@ -279,14 +271,9 @@ def _skin_colour(labels: Mapping[str, bool], rng: np.random.Generator) -> Colour
 
 
 def _hair_colour(labels: Mapping[str, bool], rng: np.random.Generator) -> Colour:
-    named = [name for name in _HAIR_COLOURS if labels[name]]
-    if named == ["Blond_Hair"]:
-        colour = _BLOND_SHADES[rng.integers(len(_BLOND_SHADES))]
-    elif named:
-        colour = _HAIR_COLOURS[named[0]]
-    else:
-        colour = _OTHER_HAIR_COLOURS[rng.integers(len(_OTHER_HAIR_COLOURS))]
-    colour = _jitter(colour, rng, 0.12)
+    named = [name for name in _HAIR_SHADES if labels[name]]
+    shades = _HAIR_SHADES[named[0]] if named else _OTHER_HAIR_SHADES
+    colour = _jitter(shades[rng.integers(len(shades))], rng, 0.12)
     if not labels["Young"] and not labels["Gray_Hair"]:
         colour = _mix(colour, (165, 165, 162), rng.uniform(0.0, 0.4))  # salt and pepper
     return colour
@@ -682,13 +669,13 @@ def _draw_mouth(
 
 
 def _draw_glasses(canvas: _Canvas, face: _Face, rng: np.random.Generator) -> None:
-    frame = [(22, 20, 20), (90, 52, 30), (150, 150, 160), _random_colour(rng, 20, 200)][
+    frame = [(22, 20, 20), (90, 52, 30), (40, 44, 70), _random_colour(rng, 20, 120)][
         rng.integers(4)
     ]
-    thickness = rng.uniform(3.0, 4.2)
+    thickness = rng.uniform(3.5, 5.0)
     round_lenses = rng.random() < 0.4
-    sunglasses = rng.random() < 0.25
-    half_w, half_h = 12.0, rng.uniform(8.5, 10.5)
+    sunglasses = rng.random() < 0.3
+    half_w, half_h = 12.5, rng.uniform(9.0, 11.0)
     for side in (-1, 1):
         ex, ey = face.cx + side * face.eye_dx, face.eye_y + 1
         if round_lenses:
