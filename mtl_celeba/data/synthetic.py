@@ -282,8 +282,8 @@ def _write_annotations(
 
 def _settings(num_images: int, seed: int, label_noise: float) -> dict[str, int | float]:
     return {
-        "num_images": num_images,
-        "seed": seed,
+        "num_images": int(num_images),
+        "seed": int(seed),
         "label_noise": float(label_noise),
         "generator_version": GENERATOR_VERSION,
     }
