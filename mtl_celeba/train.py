@@ -99,7 +99,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # before validate/test, which restore the callbacks' state from the best checkpoint
         schedules = [c.results_summary() for c in callbacks if isinstance(c, TaskGating)]
         checkpoint = next(
-            (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None
+            (
+                c
+                for c in trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint) and c.monitor
+            ),
+            None,
         )
         best = (
             checkpoint.best_model_path

@@ -66,3 +66,15 @@ def test_balanced_accuracy_with_one_class_present():
     )
     assert metrics.compute()["balanced_accuracy"].item() == pytest.approx(0.5)
     assert not math.isnan(metrics.compute()["f1"].item())
+
+
+def test_single_task_metrics_keep_the_task_axis():
+    metrics = TaskMetrics(1)
+    metrics.update(
+        torch.tensor([[2.0], [-1.0]]),
+        torch.tensor([[1.0], [0.0]]),
+        torch.ones(2, 1, dtype=torch.bool),
+    )
+    values = metrics.compute()
+    assert all(value.shape == (1,) for value in values.values())
+    assert values["accuracy"].tolist() == [1.0]

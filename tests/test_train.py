@@ -42,7 +42,9 @@ def test_training_writes_results_checkpoints_and_tensorboard(compose_train, tmp_
     assert saved["config"]["backbone"] == "resnet18" and saved["config"]["strategy"] == "mtl"
     assert saved["config"]["attribute_set"] == "assignment8"
     assert saved["best_epoch"] in (0, 1)
-    assert all(0.5 <= v <= 1.0 for v in saved["majority_accuracy"].values())
+    # the training majority class, scored on test: high for the rare Eyeglasses
+    assert all(0.0 <= v <= 1.0 for v in saved["majority_accuracy"].values())
+    assert saved["majority_accuracy"]["Eyeglasses"] > 0.85
     assert saved["task_depths"]["Male"] == 17 + 2  # resnet18 + a one-hidden-layer head
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert Path(saved["best_checkpoint"]).exists()
@@ -60,7 +62,8 @@ def test_same_seed_repeats_metrics(compose_train, tmp_path):
 
 
 def test_resume_continues_where_it_stopped(compose_train, tmp_path):
-    overrides = ["strategy=dst", "seed=1", "trainer.max_epochs=3"]
+    # T_max fixed, so the cosine schedule of the interrupted run is the full run's
+    overrides = ["strategy=dst", "seed=1", "trainer.max_epochs=3", "model.scheduler.T_max=3"]
     full = train(compose_train(overrides, run_dir=tmp_path / "full"), tmp_path / "full")
 
     # stop after 2 epochs, then resume from last.ckpt up to 3
@@ -81,14 +84,27 @@ def test_resume_continues_where_it_stopped(compose_train, tmp_path):
     history_full = (tmp_path / "full" / "dst_history.csv").read_text()
     history_resumed = (tmp_path / "resumed" / "dst_history.csv").read_text()
     assert history_resumed == history_full
-    assert resumed["test"]["mean"]["accuracy"] == pytest.approx(
-        full["test"]["mean"]["accuracy"], abs=1e-6
+    # the weights at the end equal the uninterrupted run's
+    final = torch.load(
+        tmp_path / "full" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
+    again = torch.load(
+        tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert final["epoch"] == again["epoch"] == 2
+    for name, tensor in final["state_dict"].items():
+        torch.testing.assert_close(again["state_dict"][name], tensor, msg=name)
 
 
 def test_overfit_debug_reaches_full_training_accuracy(compose_train, tmp_path):
     cfg = compose_train(
-        ["debug=overfit", "strategy=mtl", "data.image_size=32", "trainer.max_epochs=150"]
+        [
+            "debug=overfit",
+            "strategy=mtl",
+            "data.batch_size=32",
+            "model.head_hidden=[128]",
+            "trainer.max_epochs=150",
+        ]
     )
     results = train(cfg, tmp_path / "run")
     assert results["status"] == "completed"

@@ -122,17 +122,24 @@ class CelebADataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- setup
     def prepare_data(self) -> None:
-        """Generate the synthetic CelebA on first use (rank zero only; reused afterwards)."""
+        """Generate the synthetic CelebA and build the image caches (one process per node).
+
+        Lightning calls this on local rank zero only and makes the other ranks wait, so DDP
+        ranks never write the same files; :meth:`setup` then only reads them.
+        """
         if self.source == "synthetic":
             ensure_synthetic_celeba(self.root, self.num_images, self.seed, self.label_noise)
+        if self.pipeline == "cached":
+            index = self._load_index()
+            for split in SPLITS:
+                image_ids, _ = index.split(split)
+                self._cached_images(index, split, image_ids)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the annotations once and build the three split datasets."""
         if self.index is not None:
             return
-        if self.source == "synthetic":
-            ensure_synthetic_celeba(self.root, self.num_images, self.seed, self.label_noise)
-        self.index = load_celeba(self.root, self.attributes, check_images=self.check_images)
+        self.index = self._load_index()
         for split in SPLITS:
             image_ids, labels = self.index.split(split)
             if split == "train" and self.hidden_label_fraction:
@@ -142,6 +149,21 @@ class CelebADataModule(L.LightningDataModule):
             self.split_labels[split] = labels
             self.datasets[split] = self._dataset(split, image_ids, labels)
         rank_zero_info(self.summary())
+
+    def _load_index(self) -> CelebAIndex:
+        if self.source == "synthetic":
+            ensure_synthetic_celeba(self.root, self.num_images, self.seed, self.label_noise)
+        return load_celeba(self.root, self.attributes, check_images=self.check_images)
+
+    def _cached_images(self, index: CelebAIndex, split: str, image_ids: np.ndarray) -> np.ndarray:
+        return load_or_build_cache(
+            self.cache_dir,
+            split,
+            index.layout.image_dir,
+            list(image_ids),
+            self.image_size,
+            self.cache_workers,
+        )
 
     def _dataset(self, split: str, image_ids: np.ndarray, labels: np.ndarray) -> Dataset:
         assert self.index is not None

@@ -41,7 +41,8 @@ class TaskMetrics(nn.Module):
 
     def compute(self) -> dict[str, Tensor]:
         """Each metric as a (T,) tensor."""
-        tp, fp, tn, fn, _ = self.stat_scores.compute().float().unbind(-1)
+        # reshape: with a single task torchmetrics returns squeezed results
+        tp, fp, tn, fn, _ = self.stat_scores.compute().float().reshape(-1, 5).unbind(-1)
         positives, negatives = tp + fn, tn + fp
         true_positive_rate = tp / positives.clamp_min(1)
         true_negative_rate = tn / negatives.clamp_min(1)
@@ -55,7 +56,7 @@ class TaskMetrics(nn.Module):
             "accuracy": (tp + tn) / (positives + negatives).clamp_min(1),
             "balanced_accuracy": balanced,
             "f1": 2 * tp / (2 * tp + fp + fn).clamp_min(1),
-            "auroc": self.auroc.compute().float(),
+            "auroc": self.auroc.compute().float().reshape(-1),
         }
 
     def reset(self) -> None:

@@ -98,8 +98,10 @@ class MultiTaskModule(L.LightningModule):
         self.register_buffer("task_gates", torch.ones(num_tasks))
         self.register_buffer("task_loss_weights", torch.ones(num_tasks))
         self.register_buffer("pos_weight", torch.ones(num_tasks))
-        self.register_buffer("train_loss_sum", torch.zeros(num_tasks), persistent=False)
-        self.register_buffer("train_label_count", torch.zeros(num_tasks), persistent=False)
+        # Plain tensors, not buffers: DDP overwrites buffers with rank 0's copy at every forward,
+        # and these per-rank sums must stay local until they are all-reduced at the epoch's end.
+        self.train_loss_sum = torch.zeros(num_tasks)
+        self.train_label_count = torch.zeros(num_tasks)
         # binned AUROC on the training split keeps its memory constant; exact on val and test
         self.train_metrics = TaskMetrics(num_tasks, auroc_thresholds=100)
         self.val_metrics = TaskMetrics(num_tasks)
@@ -159,8 +161,8 @@ class MultiTaskModule(L.LightningModule):
 
     # ------------------------------------------------------------ epoch ends
     def on_train_epoch_start(self) -> None:
-        self.train_loss_sum.zero_()
-        self.train_label_count.zero_()
+        self.train_loss_sum = torch.zeros(len(self.tasks), device=self.device)
+        self.train_label_count = torch.zeros(len(self.tasks), device=self.device)
 
     def epoch_task_losses(self) -> Tensor:
         """This rank's mean training loss per task so far in the epoch (before loss weights)."""
@@ -179,8 +181,8 @@ class MultiTaskModule(L.LightningModule):
         self.results[split] = {name: values[name].tolist() for name in METRIC_NAMES}
 
     def on_train_epoch_end(self) -> None:
-        losses = self.trainer.strategy.reduce(self.train_loss_sum, reduce_op="sum")
-        counts = self.trainer.strategy.reduce(self.train_label_count, reduce_op="sum")
+        losses = self.trainer.strategy.reduce(self.train_loss_sum.clone(), reduce_op="sum")
+        counts = self.trainer.strategy.reduce(self.train_label_count.clone(), reduce_op="sum")
         task_losses = losses / counts.clamp_min(1)
         self.log_dict(
             {f"train/loss/{task}": loss for task, loss in zip(self.tasks, task_losses, strict=True)}
