@@ -62,9 +62,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         "weights": cfg.model.weights,
         "freeze": cfg.model.freeze,
         "strategy": strategy.name,
-        "drop_metrics": list(strategy.callback.metrics)
-        if strategy.get("callback") and "metrics" in strategy.callback
-        else None,
+        "drop_metrics": list(strategy.metrics) if "metrics" in strategy else None,
         "attribute_set": choices.get("attributes", "custom"),
         "experiment": choices.get("experiment"),
         "data_source": cfg.data.source,

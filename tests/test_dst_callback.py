@@ -54,9 +54,7 @@ def test_dst_run_writes_history_and_summary(compose_train, tmp_path):
 
 
 def test_single_metric_leaves_other_columns_empty(compose_train, tmp_path):
-    cfg = compose_train(
-        ["strategy=dst", "strategy.callback.metrics=[stagnancy]", "trainer.max_epochs=2"]
-    )
+    cfg = compose_train(["strategy=dst", "strategy.metrics=[stagnancy]", "trainer.max_epochs=2"])
     train(cfg, tmp_path / "run")
     rows = read_history(tmp_path / "run")
     assert all(row["p_depth"] == "" and row["p_incompleteness"] == "" for row in rows)
@@ -134,7 +132,7 @@ class RecordGates(Callback):
 
 
 def test_ddp_ranks_share_losses_and_gates(compose_train, tmp_path):
-    cfg = compose_train(["strategy=dst", "strategy.callback.measurement_batches=2"])
+    cfg = compose_train(["strategy=dst", "strategy.measurement_batches=2"])
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     trainer = L.Trainer(

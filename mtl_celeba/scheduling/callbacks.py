@@ -39,7 +39,7 @@ class TaskGating(Callback):
 
     def __init__(self, gate_every: str = "epoch") -> None:
         if gate_every not in GATE_EVERY:
-            raise ConfigError(f"strategy.callback.gate_every is {gate_every!r}: use epoch or step.")
+            raise ConfigError(f"strategy.gate_every is {gate_every!r}: use epoch or step.")
         self.gate_every = gate_every
         self.tasks: list[str] = []
         #: Gates applied at the start of each training epoch, one list per epoch.
@@ -176,7 +176,7 @@ class DroppedScheduledTask(TaskGating):
         super().__init__(gate_every)
         if measurement_batches < 1:
             raise ConfigError(
-                f"strategy.callback.measurement_batches is {measurement_batches}: use 1 or more."
+                f"strategy.measurement_batches is {measurement_batches}: use 1 or more."
             )
         self.settings = {
             "metrics": list(metrics),
