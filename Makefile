@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-fast lint format synth tensorboard clean
+.PHONY: help setup train test test-fast lint format synth tensorboard reproduce clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,27 @@ format: setup ## ruff fix and format
 
 synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed S"
 	$(RUN) mtl-synth $(ARGS)
+
+# `make reproduce`: the canonical grids (dst_vs_baselines, drop_metrics) and their report.
+# Without CELEBA: synthetic CelebA at a scale that fits a 2-core CPU in under 30 minutes.
+# With CELEBA=/path: the full-scale protocol on real CelebA, one GPU per job with AMP.
+CELEBA ?=
+STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+REPRODUCE_DIR ?= outputs/reproduce/$(STAMP)
+ifeq ($(CELEBA),)
+REPRODUCE_SCALE := data.num_images=2000 data.image_size=32 data.batch_size=64 trainer.max_epochs=3 \
+	trainer.enable_progress_bar=false
+else
+REPRODUCE_SCALE := data=celeba data.root=$(CELEBA) trainer=gpu trainer.max_epochs=15 \
+	hydra/launcher=gpu_pool
+endif
+
+reproduce: setup ## run the canonical grids and write the comparison report (CELEBA=/path for real data)
+	@echo "Sweeps and report go to $(REPRODUCE_DIR)"
+	-$(RUN) mtl-train experiment=dst_vs_baselines hydra.sweep.dir=$(REPRODUCE_DIR)/dst_vs_baselines $(REPRODUCE_SCALE) $(ARGS)
+	-$(RUN) mtl-train experiment=drop_metrics hydra.sweep.dir=$(REPRODUCE_DIR)/drop_metrics $(REPRODUCE_SCALE) $(ARGS)
+	$(RUN) mtl-report $(REPRODUCE_DIR)
+	@echo "Report: $(REPRODUCE_DIR)/report.md"
 
 tensorboard: setup ## open TensorBoard on outputs/
 	$(RUN) tensorboard --logdir outputs
