@@ -157,3 +157,24 @@ def test_mtl_train_cli_bad_attribute_is_one_line(tmp_path):
     assert "Did you mean Smiling" in done.stderr
     assert "Traceback" not in done.stderr
     assert read_metrics(tmp_path / "bad")["status"] == "failed"
+
+
+@pytest.mark.parametrize("layout", ["original", "kaggle"])
+def test_real_celeba_layouts_train_end_to_end(compose_train, tmp_path, layout):
+    from fake_celeba import write_fake_celeba
+
+    root = tmp_path / "celeba_copy"
+    write_fake_celeba(root, layout=layout, num_images=48, crlf=True, missing_labels=5)
+    cfg = compose_train(
+        [
+            "data=celeba",
+            f"data.root={root}",
+            "data.num_workers=0",
+            "strategy=dst",
+            "trainer.max_epochs=1",
+        ]
+    )
+    results = train(cfg, tmp_path / "run")
+    assert results["status"] == "completed"
+    assert results["config"]["data_source"] == "celeba"
+    assert sum(results["samples"].values()) == 48
