@@ -111,7 +111,7 @@ def test_bad_settings_name_the_key(tmp_path, kwargs, message):
 
 def test_hide_labels_rejects_unknown_tasks_and_bad_fractions():
     labels = np.ones((10, 1), dtype=np.float32)
-    with pytest.raises(ConfigError, match="data.hide_labels"):
+    with pytest.raises(ConfigError, match=r"data\.hide_labels"):
         hide_labels(labels, ["Smiling"], {"Male": 0.5}, seed=0)
-    with pytest.raises(ConfigError, match="data.hide_labels"):
+    with pytest.raises(ConfigError, match=r"data\.hide_labels"):
         hide_labels(labels, ["Smiling"], 1.0, seed=0)
