@@ -8,6 +8,8 @@ torchvision weights see the statistics they were trained with.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,11 +19,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@functools.cache
+def _uint8_statistics(device: torch.device) -> tuple[Tensor, Tensor]:
+    """ImageNet's mean and std on the 0..255 scale as (1, 3, 1, 1) tensors on ``device``.
+
+    Made once per device: building a tensor from Python numbers on a GPU is a blocking copy
+    that would make every batch wait for the GPU to finish the previous step.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+    return mean, std
+
+
 def normalize_uint8(images: Tensor) -> Tensor:
     """(B, 3, H, W) uint8 -> float32 normalised with ImageNet's statistics; keeps the memory format."""
-    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return (images.float() - mean) / std
+    mean, std = _uint8_statistics(images.device)
+    return (images.float() - mean).div_(std)
 
 
 def random_flip(images: Tensor, flip: Tensor) -> Tensor:
