@@ -1,0 +1,614 @@
+"""``mtl-bench``: training throughput of the input pipelines against the model-only ceiling.
+
+For each backbone, five short training runs go through the same Lightning Trainer and the same
+``training_step`` (on-device normalise/flip, loss, backward, optimizer step, precision):
+
+- ``ceiling``: one uint8 batch already on the device, served for every step (no input cost);
+- ``fast``: the default pipeline, uint8 batches from the memory-mapped cache;
+- ``naive``: per-image PIL decoding and torchvision transforms in the DataLoader workers;
+- ``mtl`` and ``dst``: the fast pipeline with plain MTL and with the DST callback, both with
+  epochs as long as one timed window, so every window holds one epoch end (where DST works).
+
+Each run warms up, then times several windows of steps (the device synchronised at window
+edges) and reports the median window's images/s. The results go to ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from tabulate import tabulate
+
+from mtl_celeba.config import CONFIG_DIR, PROJECT_ROOT, instantiate
+from mtl_celeba.data.datamodule import CelebADataModule
+from mtl_celeba.errors import ConfigError, exit_on_user_error
+from mtl_celeba.io import write_json_atomic
+from mtl_celeba.models.backbones import check_backbone_name
+
+#: The runs made for each backbone, in the order they run.
+VARIANTS = ("ceiling", "fast", "naive", "mtl", "dst")
+VARIANT_LABELS = {
+    "ceiling": "model only (batch on device)",
+    "fast": "fast pipeline (uint8 cache)",
+    "naive": "naive pipeline (PIL per image)",
+    "mtl": "fast, plain MTL, epoch = window",
+    "dst": "fast, DST, epoch = window",
+}
+DEFAULT_OUT = PROJECT_ROOT / "outputs" / "bench" / "bench.json"
+
+
+# ------------------------------------------------------------------ measurement
+def window_throughputs(times: Sequence[float], images: Sequence[int]) -> list[float]:
+    """Images/s of each timed window: ``images[k]`` images between ``times[k]`` and ``times[k+1]``."""
+    if len(times) != len(images) + 1:
+        raise ValueError(
+            f"{len(images)} windows need {len(images) + 1} edge times, got {len(times)}"
+        )
+    durations = [end - start for start, end in itertools.pairwise(times)]
+    return [count / seconds for count, seconds in zip(images, durations, strict=True)]
+
+
+def median_throughput(times: Sequence[float], images: Sequence[int]) -> float:
+    """The median of :func:`window_throughputs`: robust to a window disturbed by other work."""
+    return statistics.median(window_throughputs(times, images))
+
+
+class WindowTimer(Callback):
+    """Records the time at the edges of the timed windows, at training batch ends.
+
+    A window spans ``window_steps`` whole iterations (fetching the batch, moving it, the
+    step itself, and any epoch-end hooks in between). ``synchronize`` waits for the device
+    at each edge, so queued GPU work is counted in the window that queued it.
+    """
+
+    def __init__(
+        self,
+        warmup_steps: int,
+        window_steps: int,
+        windows: int,
+        synchronize: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.edges = {warmup_steps + k * window_steps for k in range(windows + 1)}
+        self.warmup_steps = warmup_steps
+        self.synchronize = synchronize
+        self.steps = 0
+        self.times: list[float] = []
+        self.images: list[int] = []
+        self.first_step_s = float("nan")
+        self._fit_started = 0.0
+        self._pending_images = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.steps += 1
+        if self.steps == 1:
+            self.synchronize()
+            self.first_step_s = time.perf_counter() - self._fit_started
+        if self.steps > self.warmup_steps:
+            self._pending_images += len(batch[1])
+        if self.steps in self.edges:
+            self.synchronize()
+            if self.times:
+                self.images.append(self._pending_images)
+            self.times.append(time.perf_counter())
+            self._pending_images = 0
+
+
+class SyncCounter(Callback):
+    """Counts the host-device synchronisations of warm-up steps 2..``warmup_steps`` (CUDA only).
+
+    A synchronising operation in the hot loop (``.item()``, boolean-mask indexing, a blocking
+    copy) makes the host wait for the GPU every step, so data loading cannot overlap compute.
+    PyTorch's sync debug mode warns at each one; the warnings' source lines say where they are.
+    The span runs from the end of step 1 to the end of the warm-up, data fetching included.
+    """
+
+    def __init__(
+        self, warmup_steps: int, set_mode: Callable[[str], None] = torch.cuda.set_sync_debug_mode
+    ) -> None:
+        self.warmup_steps = warmup_steps
+        self.set_mode = set_mode
+        self.steps = 0
+        self.counted_steps = 0
+        self.sites: dict[str, int] = {}
+        self._recorder: warnings.catch_warnings | None = None
+        self._records: list[warnings.WarningMessage] = []
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.steps += 1
+        if self._recorder is not None and self.steps == self.warmup_steps:
+            self.set_mode("default")
+            self._recorder.__exit__(None, None, None)
+            self._recorder = None
+            self.counted_steps = self.warmup_steps - 1
+            for record in self._records:
+                if "synchroniz" in str(record.message):
+                    site = f"{record.filename}:{record.lineno}"
+                    self.sites[site] = self.sites.get(site, 0) + 1
+        elif self.steps == 1 and self.warmup_steps > 1:
+            self._recorder = warnings.catch_warnings(record=True)
+            self._records = self._recorder.__enter__()
+            warnings.simplefilter("always")
+            self.set_mode("warn")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._recorder is not None:  # training ended inside the counted span
+            self.set_mode("default")
+            self._recorder.__exit__(None, None, None)
+            self._recorder = None
+
+    @property
+    def per_step(self) -> float | None:
+        """Synchronisations per training step, or None if nothing was counted."""
+        return sum(self.sites.values()) / self.counted_steps if self.counted_steps else None
+
+
+class RepeatedBatch:
+    """``length`` references to one batch: a data source that costs nothing per step."""
+
+    def __init__(self, batch: tuple[torch.Tensor, ...], length: int) -> None:
+        self.batch = batch
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return itertools.repeat(self.batch, self.length)
+
+
+class DeviceResidentData(CelebADataModule):
+    """The ceiling's data: the fast DataModule, but every training step gets the same uint8
+    batch, moved to the device once. Epochs keep the real loader's length, and the on-device
+    normalise/flip (``on_after_batch_transfer``) is the DataModule's own."""
+
+    def train_dataloader(self) -> RepeatedBatch:
+        steps_per_epoch = len(super().train_dataloader())
+        dataset = self.datasets["train"]
+        batch = dataset.__getitems__(list(range(min(self.batch_size, len(dataset)))))
+        device = self.trainer.strategy.root_device
+        return RepeatedBatch(tuple(tensor.to(device) for tensor in batch), steps_per_epoch)
+
+
+# ------------------------------------------------------------------- settings
+@dataclass
+class Settings:
+    """Everything that determines a benchmark run (written to bench.json)."""
+
+    accelerator: str
+    backbones: list[str]
+    image_size: int
+    batch_size: int
+    precision: str
+    compile: bool
+    workers: int
+    num_images: int
+    data_source: str
+    data_root: str | None
+    windows: int
+    window_steps: int
+    warmup_steps: int
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.windows * self.window_steps
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtl-bench",
+        description=(
+            "Training throughput (images/s) of the model-only ceiling, the fast and the naive "
+            "input pipelines, and DST against plain MTL, on the device found (CUDA, else CPU). "
+            "Defaults depend on the device (CPU / GPU)."
+        ),
+    )
+    parser.add_argument(
+        "--backbones",
+        default=None,
+        help="comma-separated model configs or torchvision names (CPU: resnet18; GPU: resnet18,vgg16)",
+    )
+    parser.add_argument("--image-size", type=int, help="image side in pixels (CPU 64, GPU 128)")
+    parser.add_argument("--batch-size", type=int, help="training batch size (CPU 64, GPU 256)")
+    parser.add_argument("--precision", help="Lightning precision (CPU 32-true, GPU bf16-mixed)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the backbone (model.compile=true)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader workers of the fast and naive pipelines (CPU 1, GPU min(8, cores))",
+    )
+    parser.add_argument(
+        "--num-images", type=int, help="synthetic CelebA size (CPU 3000, GPU 30000)"
+    )
+    parser.add_argument(
+        "--data-source",
+        choices=("synthetic", "celeba"),
+        default="synthetic",
+        help="synthetic CelebA (generated once under data/) or a real CelebA copy",
+    )
+    parser.add_argument(
+        "--data-root", help="the CelebA folder (required with --data-source celeba)"
+    )
+    parser.add_argument("--windows", type=int, help="timed windows per run (CPU 3, GPU 5)")
+    parser.add_argument(
+        "--window-steps", type=int, help="training steps per window (CPU 3, GPU 30)"
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, help="untimed steps before the first window (CPU 2, GPU 30)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="extra Hydra overrides of conf/train.yaml, e.g. attributes=all40 data.max_shift=4",
+    )
+    return parser
+
+
+def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
+    """Fill the device-dependent defaults and check every value."""
+    cores = os.cpu_count() or 1
+
+    def pick(value: Any, cpu: Any, gpu: Any) -> Any:
+        return value if value is not None else (gpu if cuda else cpu)
+
+    backbones = pick(args.backbones, "resnet18", "resnet18,vgg16")
+    settings = Settings(
+        accelerator="gpu" if cuda else "cpu",
+        backbones=[name.strip() for name in backbones.split(",") if name.strip()],
+        image_size=pick(args.image_size, 64, 128),
+        batch_size=pick(args.batch_size, 64, 256),
+        precision=pick(args.precision, "32-true", "bf16-mixed"),
+        compile=args.compile,
+        workers=pick(args.workers, 1, min(8, cores)),
+        num_images=pick(args.num_images, 3000, 30_000),
+        data_source=args.data_source,
+        data_root=args.data_root,
+        windows=pick(args.windows, 3, 5),
+        window_steps=pick(args.window_steps, 3, 30),
+        warmup_steps=pick(args.warmup_steps, 2, 30),
+        overrides=list(args.overrides),
+    )
+    if not settings.backbones:
+        raise ConfigError("--backbones is empty: name at least one, e.g. --backbones resnet18.")
+    for option, value, least in (
+        ("--batch-size", settings.batch_size, 1),
+        ("--workers", settings.workers, 0),
+        ("--windows", settings.windows, 1),
+        ("--window-steps", settings.window_steps, 1),
+        ("--warmup-steps", settings.warmup_steps, 1),
+    ):
+        if value < least:
+            raise ConfigError(f"{option} is {value}: use {least} or more.")
+    if settings.data_source == "celeba" and not settings.data_root:
+        raise ConfigError(
+            "--data-source celeba needs --data-root: pass the folder that holds your CelebA copy."
+        )
+    return settings
+
+
+# ------------------------------------------------------------- configuration
+def model_overrides(backbone: str) -> list[str]:
+    """``model=NAME`` when conf/model has that config, else a torchvision name on the default."""
+    if (CONFIG_DIR / "model" / f"{backbone}.yaml").exists():
+        return [f"model={backbone}"]
+    return [f"model.backbone={backbone}"]
+
+
+def compose_run(settings: Settings, backbone: str, variant: str) -> DictConfig:
+    """The ``conf/train.yaml`` composition of one run: what ``mtl-train`` would train."""
+    overrides = [
+        *model_overrides(backbone),
+        *(["data=celeba"] if settings.data_source == "celeba" else []),
+        *([f"data.root={settings.data_root}"] if settings.data_root else []),
+        f"data.num_images={settings.num_images}",
+        f"data.image_size={settings.image_size}",
+        f"data.batch_size={settings.batch_size}",
+        f"data.num_workers={settings.workers}",
+        f"data.pipeline={'naive' if variant == 'naive' else 'cached'}",
+        f"model.compile={str(settings.compile).lower()}",
+        f"strategy={'dst' if variant == 'dst' else 'mtl'}",
+        *(["strategy.gate_every=epoch"] if variant == "dst" else []),
+        *settings.overrides,
+    ]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(
+            f"cannot compose conf/train.yaml with {' '.join(overrides)} ({error}); "
+            "check --backbones and the extra overrides."
+        ) from None
+
+
+# -------------------------------------------------------------------- running
+@dataclass
+class RunResult:
+    """One run's measurement."""
+
+    images_per_s: float
+    window_images_per_s: list[float]
+    first_step_s: float
+    #: Host-device synchronisations per step and where they happen (CUDA, fast variant only).
+    syncs_per_step: float | None = None
+    sync_sites: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's per-fit info lines and the warnings that short benchmark runs trigger."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
+    """Train ``settings.total_steps`` steps of one variant and time its windows."""
+    cuda = settings.accelerator == "gpu"
+    L.seed_everything(int(cfg.seed), verbose=False)
+    if variant == "ceiling":
+        datamodule = instantiate(cfg.data, _target_=f"{__name__}.DeviceResidentData")
+    else:
+        datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    timer = WindowTimer(
+        settings.warmup_steps,
+        settings.window_steps,
+        settings.windows,
+        torch.cuda.synchronize if cuda else lambda: None,
+    )
+    callbacks: list[Callback] = [timer]
+    syncs = SyncCounter(settings.warmup_steps) if cuda and variant == "fast" else None
+    if syncs is not None:
+        callbacks.append(syncs)
+    if variant == "dst":
+        callbacks.append(instantiate(cfg.strategy.callback))
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as run_dir:
+        trainer = L.Trainer(
+            accelerator=settings.accelerator,
+            devices=1,
+            precision=settings.precision,
+            max_steps=settings.total_steps,
+            max_epochs=-1,
+            # one epoch end in every window, where the scheduling callback does its work
+            limit_train_batches=settings.window_steps if variant in ("mtl", "dst") else None,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            benchmark=True if cuda else None,
+            default_root_dir=run_dir,
+            callbacks=callbacks,
+        )
+        trainer.fit(model, datamodule=datamodule)
+    del trainer, model, datamodule
+    gc.collect()  # ends the persistent DataLoader workers before the next run starts its own
+    if len(timer.times) != settings.windows + 1:
+        raise RuntimeError(f"{variant}: training stopped after {timer.steps} steps")
+    windows = window_throughputs(timer.times, timer.images)
+    result = RunResult(statistics.median(windows), windows, timer.first_step_s)
+    if syncs is not None:
+        result.syncs_per_step, result.sync_sites = syncs.per_step, syncs.sites
+    return result
+
+
+def ratios(throughput: dict[str, float]) -> dict[str, float]:
+    """fast/ceiling, fast/naive, and DST's share of step time over plain MTL."""
+    return {
+        "fast_over_ceiling": throughput["fast"] / throughput["ceiling"],
+        "fast_over_naive": throughput["fast"] / throughput["naive"],
+        # step time is batch / throughput, so (t_dst - t_mtl) / t_mtl = mtl/dst - 1
+        "dst_overhead": throughput["mtl"] / throughput["dst"] - 1.0,
+    }
+
+
+def plan_runs(settings: Settings) -> dict[str, dict[str, DictConfig]]:
+    """The composed config of every (backbone, variant), with each backbone name checked."""
+    plan: dict[str, dict[str, DictConfig]] = {}
+    for backbone in settings.backbones:
+        plan[backbone] = {variant: compose_run(settings, backbone, variant) for variant in VARIANTS}
+        try:
+            check_backbone_name(plan[backbone]["fast"].model.backbone)
+        except ConfigError as error:
+            raise ConfigError(f"--backbones names {backbone}: {error}") from None
+    return plan
+
+
+def benchmark_backbone(
+    settings: Settings, backbone: str, configs: dict[str, DictConfig]
+) -> dict[str, Any]:
+    """All variants of one backbone; prints one line per variant as it completes."""
+    runs: dict[str, RunResult] = {}
+    for variant in VARIANTS:
+        started = time.perf_counter()
+        with quiet_lightning():
+            run = runs[variant] = run_variant(configs[variant], settings, variant)
+        windows = ", ".join(f"{value:.1f}" for value in run.window_images_per_s)
+        print(
+            f"  {backbone:<10} {VARIANT_LABELS[variant]:<32} {run.images_per_s:9.1f} images/s "
+            f"(windows {windows}; first step {run.first_step_s:.1f} s; "
+            f"run {time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+        if run.syncs_per_step:
+            sites = ", ".join(f"{site} ({count}x)" for site, count in run.sync_sites.items())
+            print(f"    {run.syncs_per_step:.1f} host-device syncs per step, at {sites}")
+    throughput = {variant: run.images_per_s for variant, run in runs.items()}
+    return {
+        "model": str(configs["fast"].model.backbone),
+        "images_per_s": throughput,
+        "window_images_per_s": {v: r.window_images_per_s for v, r in runs.items()},
+        "first_step_s": {v: r.first_step_s for v, r in runs.items()},
+        **ratios(throughput),
+        "fast_syncs_per_step": runs["fast"].syncs_per_step,
+        "fast_sync_sites": runs["fast"].sync_sites,
+    }
+
+
+# ------------------------------------------------------------------ reporting
+def device_name(cuda: bool) -> str:
+    """The GPU's name, or the CPU model with its core count."""
+    if cuda:
+        return torch.cuda.get_device_name(0)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def results_table(backbones: dict[str, dict[str, Any]]) -> str:
+    """Images/s per variant and the three ratios, one row per backbone."""
+    rows = [
+        [
+            name,
+            *(f"{entry['images_per_s'][variant]:.1f}" for variant in VARIANTS),
+            f"{entry['fast_over_ceiling']:.2f}",
+            f"{entry['fast_over_naive']:.2f}",
+            f"{100 * entry['dst_overhead']:+.2f}%",
+        ]
+        for name, entry in backbones.items()
+    ]
+    headers = ["backbone", *VARIANTS, "fast/ceiling", "fast/naive", "DST overhead"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (other processes slow a shared CPU down)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def report(
+    settings: Settings, device: str, load: dict[str, float | None], backbones: dict[str, Any]
+) -> dict[str, Any]:
+    """The bench.json document."""
+    import lightning
+    import torchvision
+
+    return {
+        "device": device,
+        "accelerator": settings.accelerator,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__,
+        },
+        "load_average": load,
+        "settings": {
+            **asdict(settings),
+            "torch_threads": torch.get_num_threads(),
+            "dst_epoch_steps": settings.window_steps,
+        },
+        "backbones": backbones,
+    }
+
+
+def print_header(settings: Settings, device: str, load: float | None) -> None:
+    print(f"mtl-bench on {settings.accelerator.upper()}: {device}")
+    print(
+        f"  torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{settings.image_size}px, batch {settings.batch_size}, {settings.precision}"
+        f"{', compiled' if settings.compile else ''}; {settings.workers} DataLoader workers; "
+        f"{settings.data_source} data; {settings.warmup_steps} warm-up steps, then the median "
+        f"of {settings.windows} windows of {settings.window_steps} steps"
+    )
+    cores = os.cpu_count() or 1
+    if settings.accelerator == "cpu" and load is not None and load > 0.5 * cores:
+        print(
+            f"  note: load average {load:.1f} on {cores} cores: other processes share the CPU, "
+            "so throughputs are lower and noisier than on an idle machine"
+        )
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """``mtl-bench``: measure every variant, print the table and the ratios, write bench.json."""
+    args = _parser().parse_args(argv)
+    cuda = torch.cuda.is_available()
+    settings = resolve_settings(args, cuda)
+    plan = plan_runs(settings)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    device = device_name(cuda)
+    load = {"start": load_average(), "end": None}
+    print_header(settings, device, load["start"])
+    results: dict[str, dict[str, Any]] = {}
+    for backbone, configs in plan.items():
+        results[backbone] = benchmark_backbone(settings, backbone, configs)
+        load["end"] = load_average()
+        # after each backbone, so a run cut short still leaves the finished ones
+        write_json_atomic(args.out, report(settings, device, load, results))
+    print()
+    print(results_table(results))
+    print(
+        "\nimages/s: median over the timed windows. fast/ceiling: the share of the model-only "
+        "speed that the fast pipeline reaches. fast/naive: its speed-up over per-image "
+        "decoding. DST overhead: DST's extra step time over plain MTL, with an epoch end "
+        f"(DST's update) every {settings.window_steps} steps: an upper bound for longer epochs."
+    )
+    print(f"Results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

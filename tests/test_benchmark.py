@@ -1,0 +1,158 @@
+"""mtl-bench: the window arithmetic, the timer callback, option checks, and one tiny real run."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mtl_celeba import benchmark
+from mtl_celeba.benchmark import (
+    VARIANTS,
+    WindowTimer,
+    main,
+    median_throughput,
+    ratios,
+    window_throughputs,
+)
+
+
+def test_window_throughputs_and_median():
+    times = [10.0, 12.0, 13.0, 17.0]
+    images = [100, 100, 100]
+    assert window_throughputs(times, images) == [50.0, 100.0, 25.0]
+    assert median_throughput(times, images) == 50.0
+    # a window disturbed by other work does not move the median
+    assert median_throughput([0.0, 1.0, 2.0, 30.0, 31.0], [64, 64, 64, 64]) == 64.0
+    with pytest.raises(ValueError, match="3 windows need 4 edge times"):
+        window_throughputs([0.0, 1.0, 2.0], images)
+
+
+def test_ratios_follow_from_the_throughputs():
+    result = ratios({"ceiling": 200.0, "fast": 180.0, "naive": 60.0, "mtl": 100.0, "dst": 80.0})
+    assert result["fast_over_ceiling"] == pytest.approx(0.9)
+    assert result["fast_over_naive"] == pytest.approx(3.0)
+    # step time 1/80 against 1/100: 25% longer
+    assert result["dst_overhead"] == pytest.approx(0.25)
+
+
+def test_window_timer_records_window_edges(monkeypatch):
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    synced = []
+    timer = WindowTimer(
+        warmup_steps=2, window_steps=3, windows=2, synchronize=lambda: synced.append(1)
+    )
+    timer.on_fit_start(None, None)  # clock 0
+    sizes = [16, 16, 16, 16, 8, 16, 16, 16]  # a short last batch of an epoch inside window 1
+    for index, size in enumerate(sizes):
+        batch = (None, torch.zeros(size, 3), None)
+        timer.on_train_batch_end(None, None, None, batch, index)
+    # step 1 reads the clock for first_step_s, then the edges after steps 2, 5 and 8
+    assert timer.first_step_s == 1.0
+    assert timer.times == [2.0, 3.0, 4.0]
+    assert timer.images == [16 + 16 + 8, 16 + 16 + 16]
+    assert len(synced) == 4
+
+
+@pytest.mark.filterwarnings("ignore:called a synchronizing")
+def test_sync_counter_counts_warm_up_syncs_by_site():
+    modes = []
+    counter = benchmark.SyncCounter(warmup_steps=3, set_mode=modes.append)
+    batch = (None, torch.zeros(4), None)
+
+    def step(syncs: int) -> None:
+        for _ in range(syncs):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        counter.on_train_batch_end(None, None, None, batch, 0)
+
+    step(5)  # step 1 (compilation, autotuning) is not counted
+    step(2)
+    step(2)
+    step(7)  # after the warm-up: not counted
+    assert modes == ["warn", "default"]
+    assert counter.counted_steps == 2 and counter.per_step == 2.0
+    [(site, count)] = counter.sites.items()
+    assert site.startswith(__file__) and count == 4
+
+
+def test_bad_options_end_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--windows", "0"])
+    assert exit_info.value.code == 2
+    assert "--windows is 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data-source", "celeba"])
+    assert "--data-root" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--backbones", "resnet81"])
+    assert "resnet18" in capsys.readouterr().err  # suggested
+
+
+def test_device_name_names_the_cpu():
+    assert benchmark.device_name(cuda=False).endswith(" cores")
+
+
+@pytest.mark.slow
+def test_bench_runs_end_to_end(synthetic_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "bench" / "bench.json"
+    main(
+        [
+            "--backbones=resnet18",
+            "--image-size=32",
+            "--batch-size=16",
+            "--windows=2",
+            "--window-steps=2",
+            "--warmup-steps=1",
+            "--workers=0",
+            f"--data-root={synthetic_root}",
+            "--num-images=400",
+            f"--out={out}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model.head_hidden=[16]",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "fast/ceiling" in printed and str(out) in printed
+
+    bench = json.loads(out.read_text())
+    assert bench["accelerator"] == "cpu" and bench["device"]
+    assert bench["settings"]["image_size"] == 32 and bench["settings"]["windows"] == 2
+    entry = bench["backbones"]["resnet18"]
+    throughput = entry["images_per_s"]
+    assert set(throughput) == set(VARIANTS)
+    for variant in VARIANTS:
+        assert math.isfinite(throughput[variant]) and throughput[variant] > 0
+        windows = entry["window_images_per_s"][variant]
+        assert len(windows) == 2 and throughput[variant] == pytest.approx(
+            sorted(windows)[1] / 2 + sorted(windows)[0] / 2
+        )
+    assert entry["fast_over_ceiling"] == pytest.approx(throughput["fast"] / throughput["ceiling"])
+    assert entry["fast_over_naive"] == pytest.approx(throughput["fast"] / throughput["naive"])
+    assert entry["dst_overhead"] == pytest.approx(throughput["mtl"] / throughput["dst"] - 1)
+    assert list(tmp_path.glob("bench/.bench.json.*")) == []  # written atomically
+
+
+def test_ceiling_batch_stays_on_the_device_and_repeats():
+    batch = (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, 2), torch.ones(4, 2))
+    repeated = benchmark.RepeatedBatch(batch, 3)
+    assert len(repeated) == 3
+    assert [item is batch for item in repeated] == [True, True, True]
+
+
+def test_unknown_override_is_a_config_error():
+    settings = SimpleNamespace(
+        data_source="synthetic",
+        data_root=None,
+        num_images=400,
+        image_size=32,
+        batch_size=16,
+        workers=0,
+        compile=False,
+        overrides=["data.no_such_key=1"],
+    )
+    with pytest.raises(benchmark.ConfigError, match="no_such_key"):
+        benchmark.compose_run(settings, "resnet18", "fast")
