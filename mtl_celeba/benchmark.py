@@ -47,6 +47,7 @@ from mtl_celeba.data.datamodule import CelebADataModule
 from mtl_celeba.errors import ConfigError, exit_on_user_error
 from mtl_celeba.io import write_json_atomic
 from mtl_celeba.models.backbones import check_backbone_name
+from mtl_celeba.scheduling.callbacks import DroppedScheduledTask
 
 #: The runs made for each backbone, in the order they run.
 VARIANTS = ("ceiling", "fast", "naive", "mtl", "dst")
@@ -161,7 +162,8 @@ class SyncCounter(Callback):
             self._recorder = None
             self.counted_steps = self.warmup_steps - 1
             for record in self._records:
-                if "synchroniz" in str(record.message):
+                # the timer's own torch.cuda.synchronize() at window edges is not the loop's
+                if "synchroniz" in str(record.message) and record.filename != __file__:
                     site = f"{record.filename}:{record.lineno}"
                     self.sites[site] = self.sites.get(site, 0) + 1
         elif self.steps == 1 and self.warmup_steps > 1:
@@ -207,6 +209,56 @@ class DeviceResidentData(CelebADataModule):
         batch = dataset.__getitems__(list(range(min(self.batch_size, len(dataset)))))
         device = self.trainer.strategy.root_device
         return RepeatedBatch(tuple(tensor.to(device) for tensor in batch), steps_per_epoch)
+
+
+class TimedDST(DroppedScheduledTask):
+    """The DST callback, also timing its own hooks: its share of the work, free of the noise
+    that comparing two separate runs carries.
+
+    The device is synchronised around the epoch hooks, so their time is DST's own work and
+    not the drain of steps still queued; the per-step hook is timed on the host only.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup_s = 0.0
+        self.epoch_s: list[float] = []
+        self.step_s: list[float] = []
+
+    def _timed(self, pl_module: L.LightningModule, hook: Callable[..., None], *args: Any) -> float:
+        cuda = pl_module.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(pl_module.device)
+        started = time.perf_counter()
+        hook(*args)
+        if cuda:
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter() - started
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.setup_s = self._timed(pl_module, super().on_train_start, trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        hook = super().on_train_epoch_start
+        self.epoch_s.append(self._timed(pl_module, hook, trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_s[-1] += self._timed(pl_module, super().on_train_epoch_end, trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        started = time.perf_counter()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.step_s.append(time.perf_counter() - started)
+
+    def summary_ms(self) -> dict[str, float]:
+        """Milliseconds: the initial-loss pass (once), the epoch hooks (median), a step's hook."""
+        return {
+            "setup": 1e3 * self.setup_s,
+            "per_epoch": 1e3 * statistics.median(self.epoch_s),
+            "per_step": 1e3 * statistics.mean(self.step_s),
+        }
 
 
 # ------------------------------------------------------------------- settings
@@ -344,7 +396,7 @@ def compose_run(settings: Settings, backbone: str, variant: str) -> DictConfig:
     overrides = [
         *model_overrides(backbone),
         *(["data=celeba"] if settings.data_source == "celeba" else []),
-        *([f"data.root={settings.data_root}"] if settings.data_root else []),
+        *([f"data.root='{Path(settings.data_root).resolve()}'"] if settings.data_root else []),
         f"data.num_images={settings.num_images}",
         f"data.image_size={settings.image_size}",
         f"data.batch_size={settings.batch_size}",
@@ -378,6 +430,8 @@ class RunResult:
     #: Host-device synchronisations per step and where they happen (CUDA, fast variant only).
     syncs_per_step: float | None = None
     sync_sites: dict[str, int] = field(default_factory=dict)
+    #: The DST callback's own hook times (dst variant only), see :class:`TimedDST`.
+    dst_callback_ms: dict[str, float] | None = None
 
 
 @contextlib.contextmanager
@@ -417,8 +471,10 @@ def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
     syncs = SyncCounter(settings.warmup_steps) if cuda and variant == "fast" else None
     if syncs is not None:
         callbacks.append(syncs)
+    dst = None
     if variant == "dst":
-        callbacks.append(instantiate(cfg.strategy.callback))
+        dst = instantiate(cfg.strategy.callback, _target_=f"{__name__}.TimedDST")
+        callbacks.append(dst)
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as run_dir:
         trainer = L.Trainer(
             accelerator=settings.accelerator,
@@ -447,6 +503,8 @@ def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
     result = RunResult(statistics.median(windows), windows, timer.first_step_s)
     if syncs is not None:
         result.syncs_per_step, result.sync_sites = syncs.per_step, syncs.sites
+    if dst is not None:
+        result.dst_callback_ms = dst.summary_ms()
     return result
 
 
@@ -491,6 +549,13 @@ def benchmark_backbone(
         if run.syncs_per_step:
             sites = ", ".join(f"{site} ({count}x)" for site, count in run.sync_sites.items())
             print(f"    {run.syncs_per_step:.1f} host-device syncs per step, at {sites}")
+        if run.dst_callback_ms:
+            hooks = run.dst_callback_ms
+            print(
+                f"    DST's own hooks: {hooks['per_epoch']:.2f} ms per epoch, "
+                f"{hooks['per_step']:.4f} ms per step, {hooks['setup']:.0f} ms once "
+                "(initial-loss pass)"
+            )
     throughput = {variant: run.images_per_s for variant, run in runs.items()}
     return {
         "model": str(configs["fast"].model.backbone),
@@ -498,6 +563,7 @@ def benchmark_backbone(
         "window_images_per_s": {v: r.window_images_per_s for v, r in runs.items()},
         "first_step_s": {v: r.first_step_s for v, r in runs.items()},
         **ratios(throughput),
+        "dst_callback_ms": runs["dst"].dst_callback_ms,
         "fast_syncs_per_step": runs["fast"].syncs_per_step,
         "fast_sync_sites": runs["fast"].sync_sites,
     }
