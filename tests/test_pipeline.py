@@ -163,3 +163,21 @@ def test_jpeg_dataset_matches_cached_dataset(jpeg_folder):
     image, _, _ = naive[2]
     uint8_image, _, _ = cached[2]
     torch.testing.assert_close(image, normalize_uint8(uint8_image[None])[0], atol=1e-5, rtol=1e-5)
+
+
+def build_in_process(cache_dir: str, folder: str, names: list[str]) -> str:
+    """One of two processes that want the same cache at once."""
+    images = load_or_build_cache(Path(cache_dir), "train", Path(folder), names, 16, workers=1)
+    return str(images.filename)
+
+
+def test_parallel_jobs_share_one_cache_build(jpeg_folder, tmp_path: Path):
+    import multiprocessing
+
+    folder, names = jpeg_folder
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        files = pool.starmap(build_in_process, [(str(tmp_path / "cache"), str(folder), names)] * 2)
+    assert files[0] == files[1]
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert not list((tmp_path / "cache").glob("*partial*"))

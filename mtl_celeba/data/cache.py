@@ -5,11 +5,12 @@ once into a ``(N, size, size, 3)`` uint8 ``.npy`` file and serves batches straig
 memory map. The file name carries a key of everything that determines its content (image
 folder, image ids, size, decoder version), so a changed source or size builds a new file.
 A build writes to a ``.partial`` file and renames it only when complete, so an interrupted
-build never looks valid.
+build never looks valid; a lock file lets parallel jobs share one build.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -110,6 +111,11 @@ def load_or_build_cache(
     """The memory-mapped uint8 images of one split, building the cache file first if needed."""
     path = cache_file(cache_dir, split, image_dir, image_ids, size)
     if not path.exists():
-        paths = [Path(image_dir) / image_id for image_id in image_ids]
-        build_cache(path, paths, size, workers, description=f"caching {split} at {size}px")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Sweep jobs running side by side share a cache: one builds, the others wait and reuse it.
+        with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                paths = [Path(image_dir) / image_id for image_id in image_ids]
+                build_cache(path, paths, size, workers, description=f"caching {split} at {size}px")
     return np.load(path, mmap_mode="r")
