@@ -14,8 +14,9 @@ class TaskMetrics(nn.Module):
     """Accuracy, balanced accuracy, F1 and AUROC for each of ``num_tasks`` binary tasks.
 
     One :class:`MultilabelStatScores` (tp, fp, tn, fn per task) gives the first three; AUROC is
-    exact when ``auroc_thresholds`` is None, or binned on that many thresholds (constant
-    memory, used for the training split). Missing labels (``mask`` false) are ignored.
+    exact when ``auroc_thresholds`` is None (the default: an update only stores the batch), or
+    binned on that many thresholds (constant memory, but torchmetrics' binned update
+    synchronises with the GPU). Missing labels (``mask`` false) are ignored.
     Argument validation is off so updates never synchronise the host with the device.
     """
 
