@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-fast lint format synth tensorboard reproduce clean
+.PHONY: help setup train test test-fast lint format synth tensorboard reproduce bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ reproduce: setup ## run the canonical grids and write the comparison report (CEL
 	-$(RUN) mtl-train experiment=drop_metrics hydra.sweep.dir=$(REPRODUCE_DIR)/drop_metrics $(REPRODUCE_SCALE) $(ARGS)
 	$(RUN) mtl-report $(REPRODUCE_DIR)
 	@echo "Report: $(REPRODUCE_DIR)/report.md"
+
+bench: setup ## training throughput: model-only ceiling, fast vs naive pipeline, DST vs MTL (ARGS="...")
+	$(RUN) mtl-bench $(ARGS)
 
 tensorboard: setup ## open TensorBoard on outputs/
 	$(RUN) tensorboard --logdir outputs
