@@ -7,7 +7,7 @@ from typing import Any
 
 import hydra.utils
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mtl_celeba.errors import UserError
 
@@ -44,11 +44,6 @@ def is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain Python data (for hparams and results files)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:

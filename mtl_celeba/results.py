@@ -7,7 +7,6 @@ It is written atomically at the start (status ``running``), and again at the end
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,6 @@ def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
     path = Path(run_dir) / RESULTS_FILE
     write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **results})
     return path
-
-
-def read_results(path: str | Path) -> dict[str, Any]:
-    """Read one ``metrics.json`` (a run folder or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def results_table(results: Mapping[str, Any], split: str = "test") -> pd.DataFrame:
