@@ -72,6 +72,15 @@ def window_throughputs(times: Sequence[float], images: Sequence[int]) -> list[fl
     return [count / seconds for count, seconds in zip(images, durations, strict=True)]
 
 
+#: Windows of one run differing by more than this factor mean other work shared the machine.
+UNSTEADY_SPREAD = 1.15
+
+
+def window_spread(throughputs: Sequence[float]) -> float:
+    """Fastest over slowest window: near 1 on a machine doing nothing else."""
+    return max(throughputs) / min(throughputs)
+
+
 def median_throughput(times: Sequence[float], images: Sequence[int]) -> float:
     """The median of :func:`window_throughputs`: robust to a window disturbed by other work."""
     return statistics.median(window_throughputs(times, images))
@@ -544,10 +553,12 @@ def benchmark_backbone(
         with quiet_lightning():
             run = runs[variant] = run_variant(configs[variant], settings, variant)
         windows = ", ".join(f"{value:.1f}" for value in run.window_images_per_s)
+        spread = window_spread(run.window_images_per_s)
+        unsteady = f"  UNSTEADY: windows differ {spread:.2f}x" if spread > UNSTEADY_SPREAD else ""
         print(
             f"  {backbone:<10} {VARIANT_LABELS[variant]:<32} {run.images_per_s:9.1f} images/s "
             f"(windows {windows}; first step {run.first_step_s:.1f} s; "
-            f"run {time.perf_counter() - started:.0f} s)",
+            f"run {time.perf_counter() - started:.0f} s){unsteady}",
             flush=True,
         )
         if run.syncs_per_step is not None:
@@ -565,6 +576,7 @@ def benchmark_backbone(
         "model": str(configs["fast"].model.backbone),
         "images_per_s": throughput,
         "window_images_per_s": {v: r.window_images_per_s for v, r in runs.items()},
+        "window_spread": {v: window_spread(r.window_images_per_s) for v, r in runs.items()},
         "first_step_s": {v: r.first_step_s for v, r in runs.items()},
         **ratios(throughput),
         "dst_callback_ms": runs["dst"].dst_callback_ms,
@@ -677,6 +689,15 @@ def main(argv: list[str] | None = None) -> None:
         "decoding. DST overhead: DST's extra step time over plain MTL, with an epoch end "
         f"(DST's update) every {settings.window_steps} steps: an upper bound for longer epochs."
     )
+    if any(
+        spread > UNSTEADY_SPREAD
+        for entry in results.values()
+        for spread in entry["window_spread"].values()
+    ):
+        print(
+            f"UNSTEADY runs: their windows differ by more than {UNSTEADY_SPREAD:.2f}x, so other "
+            "work shared the machine and the ratios are unreliable: run again on an idle machine."
+        )
     print(f"Results: {args.out}")
 
 

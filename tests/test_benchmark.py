@@ -29,6 +29,7 @@ def test_window_throughputs_and_median():
     assert median_throughput([0.0, 1.0, 2.0, 30.0, 31.0], [64, 64, 64, 64]) == 64.0
     with pytest.raises(ValueError, match="3 windows need 4 edge times"):
         window_throughputs([0.0, 1.0, 2.0], images)
+    assert benchmark.window_spread([50.0, 100.0, 25.0]) == 4.0
 
 
 def test_ratios_follow_from_the_throughputs():
@@ -136,6 +137,7 @@ def test_bench_runs_end_to_end(synthetic_root: Path, tmp_path: Path, capsys):
     assert entry["dst_overhead"] == pytest.approx(throughput["mtl"] / throughput["dst"] - 1)
     hooks = entry["dst_callback_ms"]
     assert hooks["setup"] > 0 and hooks["per_epoch"] > 0 and hooks["per_step"] >= 0
+    assert set(entry["window_spread"]) == set(VARIANTS)
     assert entry["fast_syncs_per_step"] is None  # counted on CUDA only
     assert list(tmp_path.glob("bench/.bench.json.*")) == []  # written atomically
 
