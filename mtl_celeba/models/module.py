@@ -31,6 +31,16 @@ def collect_rng_states() -> dict[str, Any]:
     return states
 
 
+def mean_over_ranks(trainer: L.Trainer, sums: Tensor, counts: Tensor) -> Tensor:
+    """Per-task ``sums / counts`` after summing both over the DDP ranks (unchanged on one device).
+
+    Reduces copies: DDP's all-reduce works in place, and the inputs are per-rank accumulators.
+    """
+    sums = trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+    counts = trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+    return sums / counts.clamp_min(1)
+
+
 def _plain_numpy_state(state: tuple[Any, ...]) -> tuple[Any, ...]:
     """numpy's legacy state with the key array as a list: loadable with ``weights_only=True``."""
     name, keys, position, has_gauss, cached_gaussian = state
@@ -166,6 +176,10 @@ class MultiTaskModule(L.LightningModule):
         self.train_loss_sum = torch.zeros(len(self.tasks), device=self.device)
         self.train_label_count = torch.zeros(len(self.tasks), device=self.device)
 
+    def global_epoch_task_losses(self) -> Tensor:
+        """Mean training loss per task so far in the epoch, over every DDP rank's samples."""
+        return mean_over_ranks(self.trainer, self.train_loss_sum, self.train_label_count)
+
     def epoch_task_losses(self) -> Tensor:
         """This rank's mean training loss per task so far in the epoch (before loss weights)."""
         return self.train_loss_sum / self.train_label_count.clamp_min(1)
@@ -183,9 +197,7 @@ class MultiTaskModule(L.LightningModule):
         self.results[split] = {name: values[name].tolist() for name in METRIC_NAMES}
 
     def on_train_epoch_end(self) -> None:
-        losses = self.trainer.strategy.reduce(self.train_loss_sum.clone(), reduce_op="sum")
-        counts = self.trainer.strategy.reduce(self.train_label_count.clone(), reduce_op="sum")
-        task_losses = losses / counts.clamp_min(1)
+        task_losses = self.global_epoch_task_losses()
         self.log_dict(
             {f"train/loss/{task}": loss for task, loss in zip(self.tasks, task_losses, strict=True)}
         )

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from mtl_celeba.errors import ConfigError
 from mtl_celeba.io import write_text_atomic
 from mtl_celeba.models.loss import masked_task_losses
+from mtl_celeba.models.module import mean_over_ranks
 from mtl_celeba.scheduling.dst import DST_METRICS, HISTORY_COLUMNS, DSTSchedule, draw_gates
 
 GATE_EVERY = ("epoch", "step")
@@ -251,9 +252,7 @@ class DroppedScheduledTask(TaskGating):
             counts += label_counts
         for name, buffer in pl_module.named_buffers():
             buffer.copy_(buffers[name])
-        sums = trainer.strategy.reduce(sums, reduce_op="sum")
-        counts = trainer.strategy.reduce(counts, reduce_op="sum")
-        return (sums / counts.clamp_min(1)).double().cpu().numpy()
+        return mean_over_ranks(trainer, sums, counts).double().cpu().numpy()
 
     # -- the per-epoch schedule
     def gates_for_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,9 +265,7 @@ class DroppedScheduledTask(TaskGating):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.schedule is not None
-        sums = trainer.strategy.reduce(pl_module.train_loss_sum.clone(), reduce_op="sum")
-        counts = trainer.strategy.reduce(pl_module.train_label_count.clone(), reduce_op="sum")
-        raw = (sums / counts.clamp_min(1)).double().cpu().numpy()
+        raw = pl_module.global_epoch_task_losses().double().cpu().numpy()
         record = self.schedule.update(raw * self.schedule.loss_weights)
         rows = record.rows(self.tasks)
         self.history = [row for row in self.history if row["epoch"] != record.epoch] + rows
