@@ -19,7 +19,7 @@ from mtl_celeba.dashboard import add_task_curves_layout
 from mtl_celeba.data.attributes import resolve_attributes
 from mtl_celeba.errors import ConfigError, UserError
 from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
-from mtl_celeba.scheduling.callbacks import TaskGating
+from mtl_celeba.scheduling.strategy import TaskStrategy
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # before validate/test, which restore the callbacks' state from the best checkpoint
-        schedules = [c.results_summary() for c in callbacks if isinstance(c, TaskGating)]
+        schedules = [c.results_summary() for c in callbacks if isinstance(c, TaskStrategy)]
         checkpoint = next(
             (
                 c

@@ -102,7 +102,8 @@ def test_baselines_write_results(compose_train, tmp_path, strategy):
     results = train(compose_train([f"strategy={strategy}"]), tmp_path / "run")
     assert results["status"] == "completed"
     assert results["config"]["strategy"] == strategy
-    assert ("schedule" in results) == (strategy == "random_drop")
+    assert results["schedule"]["strategy"] == strategy
+    assert ("mean_drop_rate" in results["schedule"]) == (strategy == "random_drop")
     assert not (tmp_path / "run" / "dst_history.csv").exists()
 
 
@@ -123,7 +124,7 @@ class RecordGates(Callback):
         dst = next(c for c in trainer.callbacks if c.__class__.__name__ == "DroppedScheduledTask")
         self.records.append(
             {
-                "gates": pl_module.task_gates.tolist(),
+                "gates": dst.gates.tolist(),
                 "probabilities": dst.schedule.probabilities.tolist(),
                 "local_loss": pl_module.epoch_task_losses().tolist(),
             }

@@ -38,7 +38,9 @@ from mtl_celeba.scheduling.dst import (
     relative_progress,
     resolve_metrics,
     resolve_weights,
+    shuffled_probabilities,
     stagnancy_probability,
+    uniform_probabilities,
 )
 
 DEPTHS = [2, 4, 4]
@@ -396,7 +398,7 @@ def test_bad_options_and_inputs() -> None:
         dst.set_initial_losses([1.0, 0.0, 1.0])
     dst.set_initial_losses(RAW_L0)
     with pytest.raises(ValueError, match=r"finite.*task index 2"):
-        dst.update([1.0, 1.0, float("nan")])
+        dst.update([1.0, 1.0, float("inf")])
     with pytest.raises(ValueError, match="non-negative"):
         dst.update([1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="3 tasks"):
@@ -404,3 +406,57 @@ def test_bad_options_and_inputs() -> None:
     dst.update(L1)
     with pytest.raises(RuntimeError, match="before the first update"):
         dst.set_initial_losses(RAW_L0)
+
+
+def test_a_task_with_nothing_measured_carries_its_loss_over() -> None:
+    """NaN (no labelled sample in the epoch) keeps the previous loss, not a loss of 0."""
+    carried = DSTSchedule(DEPTHS, COUNTS, seed=3)
+    reference = DSTSchedule(DEPTHS, COUNTS, seed=3)
+    for schedule in (carried, reference):
+        schedule.set_initial_losses(RAW_L0)
+    first = carried.update([L1[0], float("nan"), L1[2]])
+    expected = reference.update([L1[0], reference.initial_losses[1], L1[2]])
+    assert first.carried_over == (1,)
+    np.testing.assert_array_equal(first.loss, expected.loss)
+    np.testing.assert_array_equal(first.activation_probability, expected.activation_probability)
+    second = carried.update([L1[0] * 0.9, float("nan"), L1[2] * 0.9])
+    assert second.loss[1] == first.loss[1]
+    assert second.stagnancy_rate[1] == first.stagnancy_rate[1], "no progress measured: R kept"
+
+
+def test_controls_keep_the_budget_and_drop_the_task_signal() -> None:
+    p = np.array([1.0, 0.9, 0.6, 0.3])
+    rng = np.random.Generator(np.random.PCG64(0))
+    shuffled = shuffled_probabilities(p, rng)
+    assert sorted(shuffled) == sorted(p)
+    permutation = np.random.Generator(np.random.PCG64(0)).permutation(4)
+    np.testing.assert_array_equal(shuffled, p[permutation])
+    np.testing.assert_allclose(uniform_probabilities(p), np.full(4, p.mean()))
+
+
+@pytest.mark.parametrize("control", ["shuffled", "uniform"])
+def test_a_control_draws_from_dst_probabilities_reassigned(control: str) -> None:
+    dst = DSTSchedule(DEPTHS, COUNTS, seed=5)
+    ctl = DSTSchedule(DEPTHS, COUNTS, seed=5, control=control)
+    for schedule in (dst, ctl):
+        schedule.set_initial_losses(RAW_L0)
+    own, controlled = dst.update(L1), ctl.update(L1)
+    np.testing.assert_array_equal(controlled.dst_probability, own.activation_probability)
+    applied = controlled.activation_probability
+    if control == "uniform":
+        np.testing.assert_allclose(applied, np.full(3, own.activation_probability.mean()))
+    else:
+        assert sorted(applied) == sorted(own.activation_probability)
+    assert ctl.state_dict()["settings"]["control"] == control
+    with pytest.raises(ConfigError, match="strategy.control"):
+        DSTSchedule(DEPTHS, COUNTS, control="reversed")
+
+
+def test_history_rows_carry_the_gate_each_task_trained_with() -> None:
+    dst = DSTSchedule(DEPTHS, COUNTS, seed=1)
+    dst.set_initial_losses(RAW_L0)
+    record = dst.update(L1)
+    rows = record.rows(["a", "b", "c"], gate=[1, 0, 0.5])
+    assert [row["gate"] for row in rows] == [1, 0, 0.5]
+    assert list(rows[0]) == list(HISTORY_COLUMNS)
+    assert all(row["gate"] is None for row in record.rows(["a", "b", "c"]))

@@ -83,12 +83,16 @@ def test_single_task_metrics_keep_the_task_axis():
 def test_gate_vector_switches_a_task_off():
     """A zero gate removes that task's loss, and its head then gets no gradient."""
     from mtl_celeba.models.module import MultiTaskModule
+    from mtl_celeba.scheduling.callbacks import TaskGating
 
     model = MultiTaskModule(["Smiling", "Male"], backbone="resnet18", head_hidden=[8])
     images = torch.randn(4, 3, 32, 32)
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     mask = torch.ones(4, 2, dtype=torch.bool)
-    model.task_gates.copy_(torch.tensor([1.0, 0.0]))
+    gating = TaskGating()
+    gating.gates = torch.tensor([1.0, 0.0])
+    gating._active_steps = torch.zeros(2)
+    model.task_strategy = gating
     model.on_train_epoch_start()
     torch.manual_seed(0)
     loss = model.training_step((images, targets, mask), 0)
@@ -96,6 +100,7 @@ def test_gate_vector_switches_a_task_off():
     sums, counts = masked_task_losses(model(images), targets, mask)
     assert loss.item() == pytest.approx((sums[0] / counts[0]).item(), rel=1e-5)
     assert model.epoch_task_losses()[1] > 0, "the dropped task is still measured"
+    assert gating._active_steps.tolist() == [1.0, 0.0], "the applied gates are recorded"
     loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.heads["Male"].parameters())
     assert any(p.grad is not None and p.grad.any() for p in model.heads["Smiling"].parameters())

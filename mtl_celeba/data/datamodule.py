@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from mtl_celeba.data.attributes import resolve_attributes
+from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from mtl_celeba.data.augment import device_transform, naive_transform
 from mtl_celeba.data.cache import load_or_build_cache
 from mtl_celeba.data.celeba import CelebAIndex, load_celeba
@@ -34,7 +35,8 @@ def hide_labels(
     On CelebA every image carries every label, so DST's label-count term is 1 for all tasks;
     hiding labels per task (a float for all, or a mapping task -> fraction) recreates the
     paper's setting of unequal label counts. Seeded per task, so a task's hidden samples do
-    not change when other tasks are added.
+    not change when other tasks are added: task t's stream is seeded by ``(seed, i)`` with i
+    its column among CelebA's 40 attributes, so no two attributes ever share one.
     """
     fractions = fraction if isinstance(fraction, Mapping) else dict.fromkeys(attributes, fraction)
     unknown = sorted(set(fractions) - set(attributes))
@@ -50,7 +52,7 @@ def hide_labels(
             raise ConfigError(f"data.hide_labels for {name} is {share}: use a fraction in [0, 1).")
         if share == 0.0:
             continue
-        task_seed = [seed, sum(name.encode())]
+        task_seed = [seed, CELEBA_ATTRIBUTES.index(name)]
         hidden = np.random.default_rng(task_seed).random(len(labels)) < share
         labels[hidden, column] = np.nan
     return labels
@@ -119,6 +121,9 @@ class CelebADataModule(L.LightningDataModule):
         self.index: CelebAIndex | None = None
         self.datasets: dict[str, Dataset] = {}
         self.split_labels: dict[str, np.ndarray] = {}
+        self._augment = True
+        self._augment_generator: torch.Generator | None = None
+        self._augment_key: tuple[str, int] | None = None
 
     # ----------------------------------------------------------------- setup
     def prepare_data(self) -> None:
@@ -249,11 +254,41 @@ class CelebADataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise (and on training batches flip/shift) uint8 images on the device."""
+        """Normalise (and on training batches flip/shift) uint8 images on the device.
+
+        Flips and shifts draw from the datamodule's own generator, seeded by
+        ``(shuffle_seed, epoch)``, never from the global one: every strategy run with the same
+        seed sees the same augmented batches, whatever the strategy draws or measures.
+        """
         images, targets, mask = batch
         if images.dtype == torch.uint8:
-            training = self.trainer is not None and self.trainer.training
+            training = self.trainer is not None and self.trainer.training and self._augment
             images = device_transform(
-                images, train=training, flip=self.flip, max_shift=self.max_shift
+                images,
+                train=training,
+                flip=self.flip,
+                max_shift=self.max_shift,
+                generator=self._epoch_generator(images.device) if training else None,
             )
         return images, targets, mask
+
+    def _epoch_generator(self, device: torch.device) -> torch.Generator:
+        """The augmentation generator of the current training epoch (reseeded when it changes)."""
+        assert self.trainer is not None
+        key = (str(device), self.trainer.current_epoch)
+        if self._augment_generator is None or self._augment_key != key:
+            seed = np.random.SeedSequence([self.shuffle_seed, key[1], 1]).generate_state(1)[0]
+            self._augment_generator = torch.Generator(device=device)
+            self._augment_generator.manual_seed(int(seed))
+            self._augment_key = key
+        return self._augment_generator
+
+    @contextmanager
+    def unaugmented(self) -> Iterator[None]:
+        """Serve training batches without flips or shifts (and without drawing from the
+        augmentation generator): for measurement passes such as DST's initial losses."""
+        self._augment = False
+        try:
+            yield
+        finally:
+            self._augment = True

@@ -15,6 +15,7 @@ from mtl_celeba.models.backbones import build_backbone
 from mtl_celeba.models.heads import build_heads
 from mtl_celeba.models.loss import masked_task_losses
 from mtl_celeba.models.metrics import METRIC_NAMES, TaskMetrics
+from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, feature_gramian, find_strategy
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -34,11 +35,13 @@ def collect_rng_states() -> dict[str, Any]:
 def mean_over_ranks(trainer: L.Trainer, sums: Tensor, counts: Tensor) -> Tensor:
     """Per-task ``sums / counts`` after summing both over the DDP ranks (unchanged on one device).
 
-    Reduces copies: DDP's all-reduce works in place, and the inputs are per-rank accumulators.
+    NaN where no rank saw a labelled sample: nothing was measured (a 0 would read as a loss
+    of 0). Reduces copies: DDP's all-reduce works in place, and the inputs are per-rank
+    accumulators.
     """
     sums = trainer.strategy.reduce(sums.clone(), reduce_op="sum")
     counts = trainer.strategy.reduce(counts.clone(), reduce_op="sum")
-    return sums / counts.clamp_min(1)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
 
 
 def _plain_numpy_state(state: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -65,10 +68,11 @@ SPLITS = ("train", "val", "test")
 class MultiTaskModule(L.LightningModule):
     """Hard parameter sharing: ``backbone`` features feed one small head per task.
 
-    The training loss is ``sum_t task_gates[t] * task_loss_weights[t] * L_t`` where ``L_t``
-    is task t's mean BCE over its labelled samples. ``task_gates`` (all ones by default) and
-    ``task_loss_weights`` are buffers that a scheduling callback such as DST sets; the
-    module itself never changes them. Every task's loss is measured and logged, gated or not.
+    Each training step computes ``L_t``, task t's mean BCE over its labelled samples, and
+    hands them to the run's :class:`~mtl_celeba.scheduling.strategy.TaskStrategy` (DST, MTL,
+    a loss-weighting or gradient method), which returns the loss to back-propagate; the module
+    has no method-specific code. Every task's loss is measured and logged, whatever the
+    strategy does with it.
     """
 
     def __init__(
@@ -105,9 +109,9 @@ class MultiTaskModule(L.LightningModule):
         if compile:
             self.backbone.compile()
         num_tasks = len(self.tasks)
-        self.register_buffer("task_gates", torch.ones(num_tasks))
-        self.register_buffer("task_loss_weights", torch.ones(num_tasks))
         self.register_buffer("pos_weight", torch.ones(num_tasks))
+        #: The run's strategy callback, found at setup (plain MTL until then).
+        self.task_strategy: TaskStrategy = TaskStrategy()
         # Plain tensors, not buffers: DDP overwrites buffers with rank 0's copy at every forward,
         # and these per-rank sums must stay local until they are all-reduced at the epoch's end.
         self.train_loss_sum = torch.zeros(num_tasks)
@@ -127,15 +131,30 @@ class MultiTaskModule(L.LightningModule):
         """Weight layers on each task's input-to-output path (DST's d_t)."""
         return [self.backbone.depth + self.heads[task].depth for task in self.tasks]
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Images (B, 3, H, W) -> logits (B, T)."""
+    def features(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> the shared representation (B, F) that every head reads."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(images)
+        return self.backbone(images)
+
+    def head_logits(self, features: Tensor) -> Tensor:
+        """Shared features (B, F) -> logits (B, T)."""
         return torch.stack([self.heads[task](features) for task in self.tasks], dim=1)
 
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> logits (B, T)."""
+        return self.head_logits(self.features(images))
+
+    def task_losses(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """A batch's per-task summed losses and labelled counts, both (T,) (no metric update)."""
+        images, targets, mask = batch
+        pos_weight = self.pos_weight if self.hparams.pos_weight else None
+        return masked_task_losses(self(images), targets, mask, pos_weight)
+
     def setup(self, stage: str) -> None:
-        """Take the positive-class weights from the training split when ``pos_weight`` is on."""
+        """Find the run's strategy; take the positive-class weights from the training split
+        when ``pos_weight`` is on."""
+        self.task_strategy = find_strategy(self._trainer)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
             rates = torch.as_tensor(datamodule.positive_rates("train"), dtype=torch.float32)
@@ -146,27 +165,46 @@ class MultiTaskModule(L.LightningModule):
         return getattr(self, f"{split}_metrics")
 
     def _shared_step(self, batch: Batch, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(shared features, per-task loss sums, labelled counts); updates the split's metrics."""
         images, targets, mask = batch
-        logits = self(images)
+        features = self.features(images)
+        logits = self.head_logits(features)
         pos_weight = self.pos_weight if self.hparams.pos_weight else None
         loss_sums, counts = masked_task_losses(logits, targets, mask, pos_weight)
         self._metrics(split).update(logits, targets, mask)
-        return logits, loss_sums, counts
+        return features, loss_sums, counts
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        _, loss_sums, counts = self._shared_step(batch, "train")
+        features, loss_sums, counts = self._shared_step(batch, "train")
         task_losses = loss_sums / counts.clamp_min(1)
-        loss = (self.task_gates * self.task_loss_weights * task_losses).sum()
+        strategy = self.task_strategy
+        gramian = None
+        if strategy.needs_gramian:
+            gramian = feature_gramian(task_losses, features)
+            if self.trainer.world_size > 1:
+                gramian = self.trainer.strategy.reduce(gramian, reduce_op="sum")
+        loss = strategy.combine(TaskStep(task_losses, counts, gramian))
         self.train_loss_sum += loss_sums.detach()
         self.train_label_count += counts.detach()
         self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(counts)
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch[0].shape[0],
         )
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         _, loss_sums, counts = self._shared_step(batch, "val")
-        self.log("val/loss", (loss_sums / counts.clamp_min(1)).sum(), on_epoch=True, prog_bar=True)
+        self.log(
+            "val/loss",
+            (loss_sums / counts.clamp_min(1)).sum(),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch[0].shape[0],
+        )
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")

@@ -1,9 +1,8 @@
-"""Lightning callbacks that schedule tasks by setting the module's ``task_gates``.
+"""The gating strategies: DST, its controls, and random task dropping.
 
-The callbacks never touch the loss (Lightning ignores loss changes made in callbacks): they
-set the :class:`~mtl_celeba.models.module.MultiTaskModule` buffers ``task_gates`` (and, for
-DST, ``task_loss_weights``), which the module's ``training_step`` applies. The maths lives
-in :mod:`mtl_celeba.scheduling.dst`, free of Lightning.
+Each is a :class:`~mtl_celeba.scheduling.strategy.TaskStrategy` (a Lightning callback) whose
+``combine`` multiplies every task loss by a 0/1 gate (and, for DST, the loss weight w_t).
+The maths lives in :mod:`mtl_celeba.scheduling.dst`, free of Lightning.
 """
 
 from __future__ import annotations
@@ -17,23 +16,27 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from tqdm.auto import tqdm
 
 from mtl_celeba.errors import ConfigError
 from mtl_celeba.io import write_text_atomic
-from mtl_celeba.models.loss import masked_task_losses
-from mtl_celeba.models.module import mean_over_ranks
+from mtl_celeba.models.module import collect_rng_states, mean_over_ranks, restore_rng_states
 from mtl_celeba.scheduling.dst import DST_METRICS, HISTORY_COLUMNS, DSTSchedule, draw_gates
+from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy
 
 GATE_EVERY = ("epoch", "step")
 
 
-class TaskGating(Callback):
-    """Base class: applies a gate vector per epoch (or per step) and keeps the gate history.
+class TaskGating(TaskStrategy):
+    """Base class of the gating strategies: per-task 0/1 gates, drawn per epoch (or per step).
 
-    Subclasses implement :meth:`gates_for_epoch` (and :meth:`gates_for_step` for per-step
-    gating). The history of applied gates is part of the checkpoint, so a resumed run reports
-    the same summary as an uninterrupted one.
+    The training loss is ``sum_t gate[t] * loss_weight[t] * L_t``. Subclasses implement
+    :meth:`gates_for_epoch` (and :meth:`gates_for_step` for per-step gating) and may set
+    :attr:`loss_weights`. What each task actually trained with is recorded per epoch (the share
+    of the epoch's steps it was active in: 0 or 1 with per-epoch gates) and kept in the
+    checkpoint, so a resumed run reports the same summary as an uninterrupted one.
     """
 
     name = "gating"
@@ -43,10 +46,16 @@ class TaskGating(Callback):
             raise ConfigError(f"strategy.gate_every is {gate_every!r}: use epoch or step.")
         self.gate_every = gate_every
         self.tasks: list[str] = []
-        #: Gates applied at the start of each training epoch, one list per epoch.
-        self.applied: list[list[int]] = []
+        #: Share of each epoch's training steps in which each task was active, one list per epoch.
+        self.applied: list[list[float]] = []
         #: Probability each task had of being active, per epoch (1.0 where it was certain).
         self.applied_probabilities: list[list[float]] = []
+        #: The gates in force, on the module's device.
+        self.gates = torch.ones(0)
+        #: Per-task loss multipliers (DST's w_t); ``None`` means all 1.
+        self.loss_weights: Tensor | None = None
+        self._active_steps = torch.zeros(0)
+        self._steps = 0
 
     # -- subclass interface
     def gates_for_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,17 +66,27 @@ class TaskGating(Callback):
         """Fresh gates for a later step of the current epoch (``gate_every=step``)."""
         raise NotImplementedError
 
+    # -- the contract
+    def combine(self, step: TaskStep) -> Tensor:
+        self._active_steps += self.gates  # on the device: no host sync per step
+        self._steps += 1
+        gated = self.gates * step.losses
+        if self.loss_weights is not None:
+            gated = self.gates * self.loss_weights * step.losses
+        return gated.sum()
+
     # -- Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.tasks = list(pl_module.tasks)
+        self.gates = torch.ones(len(self.tasks))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         gates, probabilities = self.gates_for_epoch(epoch)
-        gates = _broadcast(trainer, gates)
-        self._set_gates(pl_module, gates)
+        self._set_gates(pl_module, _broadcast(trainer, gates))
+        self._active_steps = torch.zeros(len(self.tasks), device=pl_module.device)
+        self._steps = 0
         del self.applied[epoch - 1 :], self.applied_probabilities[epoch - 1 :]
-        self.applied.append([int(g) for g in gates])
         self.applied_probabilities.append([float(p) for p in probabilities])
 
     def on_train_batch_start(
@@ -76,24 +95,33 @@ class TaskGating(Callback):
         if self.gate_every == "step" and batch_idx > 0 and trainer.current_epoch > 0:
             self._set_gates(pl_module, _broadcast(trainer, self.gates_for_step()))
 
-    @staticmethod
-    def _set_gates(pl_module: L.LightningModule, gates: np.ndarray) -> None:
-        pl_module.task_gates.copy_(torch.as_tensor(gates, dtype=pl_module.task_gates.dtype))
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        shares = (self._active_steps / max(self._steps, 1)).cpu().tolist()
+        del self.applied[trainer.current_epoch :]
+        self.applied.append([round(share, 6) for share in shares])
+
+    def _set_gates(self, pl_module: L.LightningModule, gates: np.ndarray) -> None:
+        self.gates = torch.as_tensor(gates, dtype=torch.float32).to(pl_module.device)
 
     # -- results
     def results_summary(self) -> dict[str, Any]:
-        """For metrics.json: mean drop rate (1 - P) and epochs active, per task."""
+        """For metrics.json, per task: the expected drop rate (1 - P, mean over epochs), the
+        realised one (share of steps it was dropped in) and its active epochs (summed shares)."""
         if not self.applied:
             return {"strategy": self.name, "epochs": 0}
-        probabilities = np.asarray(self.applied_probabilities)
-        gates = np.asarray(self.applied)
+        probabilities = np.asarray(self.applied_probabilities)[: len(self.applied)]
+        shares = np.asarray(self.applied)
+
+        def per_task(values: np.ndarray) -> dict[str, float]:
+            return dict(zip(self.tasks, values.round(6).tolist(), strict=True))
+
         return {
             "strategy": self.name,
+            "gate_every": self.gate_every,
             "epochs": len(self.applied),
-            "mean_drop_rate": dict(
-                zip(self.tasks, (1.0 - probabilities.mean(0)).round(6).tolist(), strict=True)
-            ),
-            "active_epochs": dict(zip(self.tasks, gates.sum(0).astype(int).tolist(), strict=True)),
+            "mean_drop_rate": per_task(1.0 - probabilities.mean(0)),
+            "realised_drop_rate": per_task(1.0 - shares.mean(0)),
+            "active_epochs": per_task(shares.sum(0)),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -156,7 +184,8 @@ class DroppedScheduledTask(TaskGating):
     initial losses before any update, the loss normalisation weights, each epoch's losses of
     every task (all-reduced across DDP ranks), the probabilities and the gate draws. Writes
     ``dst_history.csv`` (one row per epoch and task) to the run folder and logs every term
-    to the loggers under ``dst/<quantity>/<task>``.
+    to the loggers under ``dst/<quantity>/<task>``. ``control="shuffled"`` or ``"uniform"``
+    gives the controls ``dst_shuffled`` and ``dst_uniform`` (same drop budget, no task signal).
     """
 
     name = "dst"
@@ -168,17 +197,15 @@ class DroppedScheduledTask(TaskGating):
         alpha: float = 0.1,
         normalize_initial_losses: bool = True,
         gate_every: str = "epoch",
-        measurement_batches: int = 20,
+        measurement_batches: int | str = "all",
         floor_to: float | None = None,
         ensure_one_active: bool = True,
+        control: str | None = None,
         seed: int = 0,
         history_file: str | None = None,
     ) -> None:
         super().__init__(gate_every)
-        if measurement_batches < 1:
-            raise ConfigError(
-                f"strategy.measurement_batches is {measurement_batches}: use 1 or more."
-            )
+        self.measurement_batches = _check_measurement_batches(measurement_batches)
         self.settings = {
             "metrics": list(metrics),
             "weights": dict(weights) if weights else None,
@@ -186,14 +213,16 @@ class DroppedScheduledTask(TaskGating):
             "normalize_initial_losses": normalize_initial_losses,
             "floor_to": floor_to,
             "ensure_one_active": ensure_one_active,
+            "control": control,
             "seed": seed,
         }
         DSTSchedule([1], [1], **self.settings)  # fail fast on bad settings, before any data loads
-        self.measurement_batches = measurement_batches
+        self.name = "dst" if control is None else f"dst_{control}"
         self.history_file = history_file
         self.schedule: DSTSchedule | None = None
         self.history: list[dict[str, Any]] = []
         self._pending_state: dict[str, Any] | None = None
+        self._warned_carry_over = False
 
     # -- building the schedule
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -222,37 +251,64 @@ class DroppedScheduledTask(TaskGating):
         if self.schedule.initial_losses is None:
             initial = self.measure_initial_losses(trainer, pl_module)
             self.schedule.set_initial_losses(initial)
-        pl_module.task_loss_weights.copy_(
-            torch.as_tensor(self.schedule.loss_weights, dtype=torch.float32)
+        self.loss_weights = torch.as_tensor(self.schedule.loss_weights, dtype=torch.float32).to(
+            pl_module.device
         )
 
     @torch.no_grad()
     def measure_initial_losses(
         self, trainer: L.Trainer, pl_module: L.LightningModule
     ) -> np.ndarray:
-        """L_0: each task's mean loss over the first training batches, before any update.
+        """L_0: each task's mean training loss before any update, as the authors measure it.
 
-        Runs in training mode (batch statistics, as the first epoch sees them) and restores
-        every buffer afterwards, so the pass changes nothing in the model.
+        By default a full pass over the training split (``measurement_batches="all"``), under
+        the trainer's precision (bf16 autocast on GPUs, like training). The model runs in
+        training mode (batch statistics, as epoch 1 sees them) and every buffer is restored
+        afterwards, so BatchNorm's running statistics are untouched. The pass sees the
+        training images without random flips or shifts, and the global random generators are
+        restored afterwards, so the training batches and their augmentation stay exactly those
+        of every other strategy with the same seed (paired runs).
         """
+        rng_states = collect_rng_states()
         buffers = {name: buffer.clone() for name, buffer in pl_module.named_buffers()}
         pl_module.train()
         sums = torch.zeros(len(self.tasks), device=pl_module.device)
         counts = torch.zeros_like(sums)
-        loader = trainer.datamodule.train_dataloader()
-        for index, batch in enumerate(loader):
-            if index >= self.measurement_batches:
-                break
-            images, targets, mask = trainer.strategy.batch_to_device(batch)
-            pos_weight = pl_module.pos_weight if pl_module.hparams.pos_weight else None
-            loss_sums, label_counts = masked_task_losses(
-                pl_module(images), targets, mask, pos_weight
+        datamodule = trainer.datamodule
+        limit = self.measurement_batches
+        try:
+            with datamodule.unaugmented(), trainer.precision_plugin.forward_context():
+                loader = datamodule.train_dataloader()
+                total = len(loader) if limit == "all" else min(limit, len(loader))
+                batches = tqdm(
+                    loader,
+                    total=total,
+                    desc="DST: initial losses",
+                    leave=False,
+                    disable=not (trainer.is_global_zero and trainer.progress_bar_callback),
+                )
+                for index, batch in enumerate(batches):
+                    if index >= total:
+                        break
+                    loss_sums, label_counts = pl_module.task_losses(
+                        trainer.strategy.batch_to_device(batch)
+                    )
+                    sums += loss_sums.float()
+                    counts += label_counts
+        finally:
+            for name, buffer in pl_module.named_buffers():
+                buffer.copy_(buffers[name])
+            restore_rng_states(rng_states)
+        initial = mean_over_ranks(trainer, sums, counts).double().cpu().numpy()
+        unmeasured = [
+            task for task, value in zip(self.tasks, initial, strict=True) if np.isnan(value)
+        ]
+        if unmeasured:
+            raise ConfigError(
+                f"{', '.join(unmeasured)} had no labelled sample in the first {limit} training "
+                "batches of DST's measurement pass: use strategy.measurement_batches=all."
             )
-            sums += loss_sums
-            counts += label_counts
-        for name, buffer in pl_module.named_buffers():
-            buffer.copy_(buffers[name])
-        return mean_over_ranks(trainer, sums, counts).double().cpu().numpy()
+        return initial
 
     # -- the per-epoch schedule
     def gates_for_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,10 +320,18 @@ class DroppedScheduledTask(TaskGating):
         return self.schedule.draw()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # records the gates this epoch used
         assert self.schedule is not None
         raw = pl_module.global_epoch_task_losses().double().cpu().numpy()
         record = self.schedule.update(raw * self.schedule.loss_weights)
-        rows = record.rows(self.tasks)
+        if record.carried_over and not self._warned_carry_over:
+            names = ", ".join(self.tasks[t] for t in record.carried_over)
+            rank_zero_warn(
+                f"DST: {names} had no labelled sample in training epoch {record.epoch}; its "
+                "loss is carried over from the previous epoch (warned once)."
+            )
+            self._warned_carry_over = True
+        rows = record.rows(self.tasks, gate=self.applied[record.epoch - 1])
         self.history = [row for row in self.history if row["epoch"] != record.epoch] + rows
         self._log(trainer, record)
         if trainer.is_global_zero:
@@ -309,6 +373,17 @@ class DroppedScheduledTask(TaskGating):
             self.schedule.load_state_dict(state_dict["schedule"])
         else:
             self._pending_state = state_dict["schedule"]
+
+
+def _check_measurement_batches(value: int | str) -> int | str:
+    if value == "all":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"strategy.measurement_batches is {value!r}: use all (a full pass over the training "
+            "split, as the authors do) or a number of batches >= 1."
+        )
+    return value
 
 
 def history_csv(rows: list[dict[str, Any]]) -> str:

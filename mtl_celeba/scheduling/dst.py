@@ -13,8 +13,9 @@ probability P(k, t), a weighted sum of five terms in [0, 1]:
 The module has pure functions, one per term, and :class:`DSTSchedule`, a small stateful object
 that keeps the loss history, the stagnancy rates and a seeded random generator, so that a
 Lightning callback only has to feed it each epoch's mean task losses and apply the gates it
-returns. Arrays are indexed by task and computed in float64. ``docs/dst.md`` states the
-algorithm, every option and each place where the project departs from the authors' script.
+returns. Arrays are indexed by task and computed in float64. ``mtl_celeba/scheduling/README.md``
+states the algorithm, every option and each place where the project departs from the authors'
+script.
 """
 
 from __future__ import annotations
@@ -36,16 +37,26 @@ DST_METRICS: tuple[str, ...] = ("regularization", "depth", "count", "incompleten
 #: EMA factor of the stagnancy rate (the authors' value).
 DEFAULT_ALPHA = 0.1
 
-#: Columns of one ``dst_history.csv`` row, as produced by :meth:`EpochRecord.rows`.
+#: Controls that keep DST's drop budget but remove its task-specific signal (see README).
+CONTROLS: tuple[str, ...] = ("shuffled", "uniform")
+
+#: Columns of one ``dst_history.csv`` row, as produced by :meth:`EpochRecord.rows`. Row k
+#: describes training epoch k: ``gate`` is what task t trained with in epoch k (its share of
+#: active steps with per-step gating), ``loss`` what it measured; the probabilities and
+#: ``gate_next`` are computed after epoch k for epoch k + 1, so row k's ``gate_next`` is row
+#: k + 1's ``gate``. ``dst_probability`` is DST's P(k, t) before a control reassigns it;
+#: ``activation_probability`` is the probability the gate was drawn with.
 HISTORY_COLUMNS: tuple[str, ...] = (
     "epoch",
     "task",
+    "gate",
     "depth",
     "label_count",
     "initial_loss",
     "loss",
     *(f"p_{metric}" for metric in DST_METRICS),
     "stagnancy_rate",
+    "dst_probability",
     "activation_probability",
     "gate_next",
 )
@@ -58,8 +69,13 @@ _STATE_VERSION = 1
 # --------------------------------------------------------------------------- validation
 
 
-def _task_vector(values: ArrayLike, name: str, num_tasks: int | None = None) -> np.ndarray:
-    """``values`` as a finite 1-D float64 array (of ``num_tasks`` entries when given)."""
+def _task_vector(
+    values: ArrayLike, name: str, num_tasks: int | None = None, allow_nan: bool = False
+) -> np.ndarray:
+    """``values`` as a finite 1-D float64 array (of ``num_tasks`` entries when given).
+
+    ``allow_nan`` lets NaN through (a task with nothing measured); infinities never pass.
+    """
     array = np.array(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(
@@ -67,7 +83,7 @@ def _task_vector(values: ArrayLike, name: str, num_tasks: int | None = None) -> 
         )
     if num_tasks is not None and array.size != num_tasks:
         raise ValueError(f"{name} has {array.size} values but there are {num_tasks} tasks")
-    bad = np.flatnonzero(~np.isfinite(array))
+    bad = np.flatnonzero(~np.isfinite(array) & ~(allow_nan & np.isnan(array)))
     if bad.size:
         raise ValueError(
             f"{name} must be finite, but task index {bad[0]} is {array[bad[0]]} "
@@ -348,6 +364,28 @@ def activation_probability(
     return np.clip(total, 0.0, 1.0)
 
 
+def shuffled_probabilities(probabilities: ArrayLike, rng: np.random.Generator) -> np.ndarray:
+    """The ``dst_shuffled`` control: the same probabilities given to a random permutation of
+    the tasks. The drop budget (the multiset of P) is kept; which task gets which is not."""
+    p = _task_vector(probabilities, "probabilities")
+    return p[rng.permutation(p.size)]
+
+
+def uniform_probabilities(probabilities: ArrayLike) -> np.ndarray:
+    """The ``dst_uniform`` control: every task gets the mean probability (the same expected
+    number of dropped tasks, spread evenly)."""
+    p = _task_vector(probabilities, "probabilities")
+    return np.full(p.size, p.mean())
+
+
+def _check_control(control: str | None) -> str | None:
+    if control is not None and control not in CONTROLS:
+        raise ConfigError(
+            f"strategy.control is {control!r}: use null (DST itself) or one of {', '.join(CONTROLS)}."
+        )
+    return control
+
+
 def _draw(
     probabilities: ArrayLike, rng: np.random.Generator, ensure_one_active: bool
 ) -> tuple[np.ndarray, int | None]:
@@ -411,9 +449,12 @@ class EpochRecord:
     p_incompleteness: np.ndarray | None
     p_stagnancy: np.ndarray | None
     stagnancy_rate: np.ndarray
+    dst_probability: np.ndarray
     activation_probability: np.ndarray
     gate_next: np.ndarray
     forced_task: int | None = None
+    #: Tasks with no labelled sample in the epoch, whose loss was carried over from epoch k - 1.
+    carried_over: tuple[int, ...] = ()
 
     @property
     def drop_rate(self) -> np.ndarray:
@@ -425,14 +466,25 @@ class EpochRecord:
         found = {metric: getattr(self, f"p_{metric}") for metric in DST_METRICS}
         return {metric: term for metric, term in found.items() if term is not None}
 
-    def rows(self, task_names: Sequence[str]) -> list[dict[str, Any]]:
-        """One dict per task with exactly :data:`HISTORY_COLUMNS`; disabled metrics are ``None``."""
+    def rows(
+        self, task_names: Sequence[str], gate: ArrayLike | None = None
+    ) -> list[dict[str, Any]]:
+        """One dict per task with exactly :data:`HISTORY_COLUMNS`; disabled metrics are ``None``.
+
+        ``gate`` is what each task trained with in this epoch (the caller knows it: 0/1, or
+        the share of active steps with per-step gating); ``None`` leaves the cells empty.
+        """
         if len(task_names) != self.loss.size:
             raise ValueError(f"got {len(task_names)} task names for {self.loss.size} tasks")
+        gates = None if gate is None else _task_vector(gate, "gate", self.loss.size)
         rows = []
         for index, name in enumerate(task_names):
-            row: dict[str, Any] = {"epoch": self.epoch, "task": str(name)}
-            for column in HISTORY_COLUMNS[2:]:
+            row: dict[str, Any] = {
+                "epoch": self.epoch,
+                "task": str(name),
+                "gate": None if gates is None else _cell(gates[index]),
+            }
+            for column in HISTORY_COLUMNS[3:]:
                 values = getattr(self, column)
                 row[column] = None if values is None else _cell(values[index])
             rows.append(row)
@@ -465,6 +517,9 @@ class DSTSchedule:
         floor_to: floor each weighted term down to a multiple of this (0.001 is the authors'
             script); ``None`` (default) keeps exact probabilities.
         ensure_one_active: when a draw drops every task, keep the most probable one.
+        control: ``None`` for DST itself; ``"shuffled"`` or ``"uniform"`` reassign DST's
+            probabilities before each epoch's draw (:func:`shuffled_probabilities`,
+            :func:`uniform_probabilities`), the controls that isolate DST's task signal.
     """
 
     def __init__(
@@ -478,6 +533,7 @@ class DSTSchedule:
         normalize_initial_losses: bool = True,
         floor_to: float | None = None,
         ensure_one_active: bool = True,
+        control: str | None = None,
     ) -> None:
         self.depths = _frozen(_integers(depths, "depths"))
         self.label_counts = _frozen(_integers(label_counts, "label_counts"))
@@ -493,6 +549,7 @@ class DSTSchedule:
         self.normalize_initial_losses = bool(normalize_initial_losses)
         self.floor_to = _check_floor_to(floor_to)
         self.ensure_one_active = bool(ensure_one_active)
+        self.control = _check_control(control)
         self._static_terms = {
             "regularization": regularization_probability(self.num_tasks),
             "depth": depth_probability(self.depths),
@@ -558,18 +615,21 @@ class DSTSchedule:
         """Feed training epoch k's mean normalised loss per task; draw the gates for epoch k + 1.
 
         ``epoch_losses[t]`` is task t's loss multiplied by ``loss_weights[t]``, averaged over the
-        epoch's samples labelled for t, whether t was active or not. Raises ``ValueError`` for a
-        wrong length or a negative or non-finite loss.
+        epoch's samples labelled for t, whether t was active or not. NaN marks a task with no
+        labelled sample in the epoch: nothing was measured, so its loss is carried over from
+        epoch k - 1 (L_0 at k = 1), which keeps its incompleteness and leaves its stagnancy rate
+        unchanged (a loss of 0 would read as "fully learnt"). Raises ``ValueError`` for a wrong
+        length or a negative or infinite loss.
         """
         initial = self.initial_losses
         if initial is None:
             raise RuntimeError(
                 "call set_initial_losses() with the measurement pass before update()"
             )
-        losses = _non_negative(
-            _task_vector(epoch_losses, "epoch_losses", self.num_tasks), "epoch_losses"
-        )
+        values = _task_vector(epoch_losses, "epoch_losses", self.num_tasks, allow_nan=True)
         previous = self._losses[-1] if self._losses else initial
+        missing = np.isnan(values)
+        losses = _non_negative(np.where(missing, previous, values), "epoch_losses")
 
         p_incompleteness = incompleteness_probability(incompleteness(initial, losses))
         if self._rates is None:
@@ -582,7 +642,13 @@ class DSTSchedule:
             "stagnancy": stagnancy_probability(rates),
         }
         enabled = {metric: terms[metric] for metric in self.metrics}
-        probabilities = activation_probability(enabled, self.weights, self.floor_to)
+        dst_probabilities = activation_probability(enabled, self.weights, self.floor_to)
+        if self.control == "shuffled":
+            probabilities = shuffled_probabilities(dst_probabilities, self._rng)
+        elif self.control == "uniform":
+            probabilities = uniform_probabilities(dst_probabilities)
+        else:
+            probabilities = dst_probabilities
         gates, forced = _draw(probabilities, self._rng, self.ensure_one_active)
 
         self._losses.append(losses)
@@ -597,9 +663,11 @@ class DSTSchedule:
             loss=_frozen(losses),
             **{f"p_{m}": _frozen(terms[m]) if m in enabled else None for m in DST_METRICS},
             stagnancy_rate=_frozen(rates),
+            dst_probability=_frozen(dst_probabilities),
             activation_probability=_frozen(probabilities),
             gate_next=_frozen(gates),
             forced_task=forced,
+            carried_over=tuple(int(t) for t in np.flatnonzero(missing)),
         )
 
     def draw(self, probabilities: ArrayLike | None = None) -> np.ndarray:
@@ -624,6 +692,7 @@ class DSTSchedule:
             "normalize_initial_losses": self.normalize_initial_losses,
             "floor_to": self.floor_to,
             "ensure_one_active": self.ensure_one_active,
+            "control": self.control,
         }
 
     def state_dict(self) -> dict[str, Any]:
