@@ -448,7 +448,7 @@ def test_a_control_draws_from_dst_probabilities_reassigned(control: str) -> None
     else:
         assert sorted(applied) == sorted(own.activation_probability)
     assert ctl.state_dict()["settings"]["control"] == control
-    with pytest.raises(ConfigError, match="strategy.control"):
+    with pytest.raises(ConfigError, match=r"strategy\.control"):
         DSTSchedule(DEPTHS, COUNTS, control="reversed")
 
 
