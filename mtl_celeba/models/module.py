@@ -155,6 +155,9 @@ class MultiTaskModule(L.LightningModule):
         """Find the run's strategy; take the positive-class weights from the training split
         when ``pos_weight`` is on."""
         self.task_strategy = find_strategy(self._trainer)
+        trainable = self.task_strategy.trainable_module()
+        if trainable is not None and not hasattr(self, "strategy_state"):
+            self.strategy_state = trainable.to(self.device)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
             rates = torch.as_tensor(datamodule.positive_rates("train"), dtype=torch.float32)
@@ -255,6 +258,11 @@ class MultiTaskModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
+        if not hasattr(self, "strategy_state"):
+            # evaluating a model trained with a strategy's own parameters: not needed to predict
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("strategy_state.")]:
+                del state[key]
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:

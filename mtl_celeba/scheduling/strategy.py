@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ class TaskStrategy(Callback):
     def combine(self, step: TaskStep) -> Tensor:
         """The scalar loss to back-propagate for this step."""
         return step.losses.sum()
+
+    def trainable_module(self) -> nn.Module | None:
+        """Parameters the model's optimizer should train with the network (e.g. uncertainty
+        weighting's log-variances), or ``None``. The LightningModule registers the module as
+        ``strategy_state`` at setup, before DDP wraps the model and the optimizer is built, so
+        these parameters are all-reduced, checkpointed and moved to the device like the rest."""
+        return None
 
     def results_summary(self) -> dict[str, Any]:
         """What this strategy adds to ``metrics.json`` under ``schedule`` (its name at least)."""
