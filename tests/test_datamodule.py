@@ -95,6 +95,17 @@ def test_hide_labels_is_seeded_per_task():
     np.testing.assert_array_equal(np.isnan(again[:, 0]), np.isnan(hidden[:, 0]))
 
 
+def test_hidden_labels_never_share_a_stream_between_tasks():
+    """Every attribute has its own stream (a seed from the byte sum of the name made Gray_Hair
+    and Pale_Skin, both 886, hide exactly the same samples)."""
+    from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
+
+    labels = np.ones((2000, len(CELEBA_ATTRIBUTES)), dtype=np.float32)
+    hidden = np.isnan(hide_labels(labels, list(CELEBA_ATTRIBUTES), 0.5, seed=0))
+    patterns = {column.tobytes() for column in hidden.T}
+    assert len(patterns) == len(CELEBA_ATTRIBUTES)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def test_dst_run_writes_history_and_summary(compose_train, tmp_path):
         assert any(r["gate_next"] == "1" for r in rows if r["epoch"] == epoch), (
             "a task trains every epoch"
         )
+    # row k's gate is what the task trained with in epoch k: all on in epoch 1, then the gate
+    # drawn after the epoch before
+    for task in results["attributes"]:
+        history = sorted((r for r in rows if r["task"] == task), key=lambda r: int(r["epoch"]))
+        assert history[0]["gate"] == "1.0"
+        for before, after in itertools.pairwise(history):
+            assert float(after["gate"]) == float(before["gate_next"])
     schedule = results["schedule"]
     assert schedule["strategy"] == "dst" and schedule["epochs"] == 3
     assert set(schedule["mean_drop_rate"]) == set(results["attributes"])
@@ -157,3 +165,17 @@ def test_ddp_ranks_share_losses_and_gates(compose_train, tmp_path):
     )
     assert [r["probabilities"] for r in rank0] == [r["probabilities"] for r in rank1]
     assert [r["gates"] for r in rank0] == [r["gates"] for r in rank1]
+
+
+def test_per_step_gating_records_the_gates_it_applied(compose_train, tmp_path):
+    """With gate_every=step the recorded shares are the per-step ones, not one draw per epoch."""
+    cfg = compose_train(["strategy=random_drop", "strategy.gate_every=step", "data.batch_size=16"])
+    results = train(cfg, tmp_path / "run")
+    schedule = results["schedule"]
+    assert schedule["gate_every"] == "step"
+    rates = list(schedule["realised_drop_rate"].values())
+    assert all(0.0 <= rate < 1.0 for rate in rates)
+    assert any(rate > 0.0 for rate in rates), "some task was dropped in some step"
+    # epoch 1 trains everything; epoch 2 redraws every step, so shares lie strictly between
+    active = schedule["active_epochs"]
+    assert any(1.0 < value < 2.0 for value in active.values())
