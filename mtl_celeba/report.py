@@ -516,7 +516,8 @@ def comparison_notes(comparison: Comparison) -> list[str]:
 
 
 def _p_value(p: float) -> str:
-    return NOT_AVAILABLE if pd.isna(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    """``p=0.004``, ``p<0.001``."""
+    return f"p={NOT_AVAILABLE}" if pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
 
 
 def _difference_cell(row: pd.Series) -> str:
@@ -527,7 +528,7 @@ def _difference_cell(row: pd.Series) -> str:
     mark = {"gain": " ▲", "loss": " ▼"}.get(row["significant"], "")
     return (
         f"{_gain(row['diff'])} [{_gain(row['ci_low'])}, {_gain(row['ci_high'])}] "
-        f"p={_p_value(row['p_holm'])}{mark}"
+        f"{_p_value(row['p_holm'])}{mark}"
     )
 
 
@@ -589,6 +590,8 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
         )
         lines += [f"### {' · '.join(map(str, values))}", ""]
         lines += [f"- {sentences[c]}" for c in configurations["configuration"] if c in sentences]
+        if sentences.empty:
+            lines.append("No configuration besides MTL here: nothing to compare with MTL.")
         lines += ["", markdown_table(table), ""]
     return lines
 

@@ -252,8 +252,11 @@ def _task_phrase(row: pd.Series) -> str:
 def _delta_m_phrase(row: pd.Series | None) -> str:
     if row is None or not row["seeds"] > 0:
         return "Δm% n/a (no run with a seed)"
-    if isinstance(row["missing_reference"], str) and row["missing_reference"]:
-        return f"Δm% n/a (no single-task reference for {row['missing_reference']})"
+    missing = row["missing_reference"]
+    if isinstance(missing, str) and missing:
+        tasks = missing.split(", ")
+        named = missing if len(tasks) <= 3 else f"{len(tasks)} tasks"
+        return f"Δm% n/a (no single-task reference for {named})"
     if row["seeds"] < MIN_PAIRS:
         return f"Δm% {row['delta_m']:+.2f} (1 seed: no interval)"
     half = (row["delta_m_high"] - row["delta_m_low"]) / 2

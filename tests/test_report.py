@@ -322,6 +322,7 @@ def test_console_prints_summary_and_report_path(
     assert f"Report: {tmp_path / 'out' / 'report.md'}" in printed
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "No DST run" in md  # the activation plot is skipped with a note
+    assert "No configuration besides MTL here: nothing to compare with MTL." in md
     assert not (tmp_path / "out" / "dst_activation.png").exists()
 
 
@@ -389,7 +390,7 @@ def test_does_it_help_section_and_header(report: dict[str, Any]) -> None:
     assert "- random_drop vs MTL:" in section
     assert "Δm% n/a (no single-task reference for Young)" in section
     assert "| mtl " in section and "baseline" in section
-    assert "p=<0.001 ▲" in section and "of 3" in section  # mean rank among 3 configurations
+    assert "p<0.001 ▲" in section and "of 3" in section  # mean rank among 3 configurations
 
 
 def test_csv_has_the_statistics(report: dict[str, Any]) -> None:
