@@ -588,7 +588,7 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
                 for _, row in configurations.iterrows()
             ]
         )
-        lines += [f"### {' · '.join(map(str, values))}", ""]
+        lines += [f"### {' · '.join(str(v) for v in values if not pd.isna(v))}", ""]
         lines += [f"- {sentences[c]}" for c in configurations["configuration"] if c in sentences]
         if sentences.empty:
             lines.append("No configuration besides MTL here: nothing to compare with MTL.")
@@ -624,8 +624,15 @@ class Header:
     commands: list[str]
     metric: str
     generated: str = field(default_factory=lambda: datetime.now().strftime("%Y-%m-%d %H:%M"))
-    #: What Delta_m% and the gains over STL compare with.
-    reference: str = "the STL runs"
+    #: ``--stl-reference``: the external single-task reference replacing the STL runs.
+    reference_file: Path | None = None
+
+    @property
+    def reference(self) -> str:
+        """What Delta_m% and the gains over STL compare with, in words."""
+        if self.reference_file is None:
+            return "the STL runs (their mean over seeds per backbone and task)"
+        return f"the external reference `{self.reference_file}` (--stl-reference)"
 
 
 def data_description(scores: pd.DataFrame) -> str:
@@ -733,7 +740,9 @@ def render_markdown(
         lines += [
             "## Single-task reference (STL)",
             "",
-            f"Test {metric} (%) of {header.reference}:",
+            f"Test {metric} (%) of one network per task, mean ± std over seeds (n runs):"
+            if header.reference_file is None
+            else f"Test {metric} (%) of {header.reference}:",
             "",
         ]
         lines += [markdown_table(stl_table(comparison.stl)), ""]
@@ -811,12 +820,10 @@ def write_report(
                 f"choose one of: {', '.join(reported)}."
             )
         scores[metric] = pd.Series(dtype=float)  # no completed run: every table stays empty
-    if stl_reference is None:
-        external, reference = None, "the STL runs (mean ± std over seeds per backbone and task)"
-    else:
+    external = None
+    if stl_reference is not None:
         backbones = sorted(scores["backbone"].dropna().astype(str).unique())
         external = read_stl_reference(stl_reference, metric, backbones)
-        reference = f"the external reference `{stl_reference}` (--stl-reference)"
     comparison = compare(scores, metric, stl=external)
     lower_is_better = metric in LOWER_IS_BETTER
     statistics = analyse(scores, metric, GROUP_KEYS, comparison.stl, lower_is_better)
@@ -836,7 +843,7 @@ def write_report(
         setup=setup_description(scores),
         commands=reproduce_commands(sweep_dirs),
         metric=metric,
-        reference=reference,
+        reference_file=stl_reference,
     )
     notes = [*comparison_notes(comparison), *plot_notes]
     if external is not None and (scores["strategy"] == "stl").any():
