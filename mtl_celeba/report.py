@@ -268,9 +268,9 @@ def read_stl_reference(path: Path, metric: str, backbones: Sequence[str]) -> pd.
             f"{path}: {metric} values outside [0, 1]: give fractions as in metrics.json "
             "(0.91, not 91)."
         )
-    reference = pd.DataFrame({"task": table["task"].astype(str), "mean": values})
+    reference = pd.DataFrame({"task": table["task"].astype(str).str.strip(), "mean": values})
     if "backbone" in table.columns:
-        reference.insert(0, "backbone", table["backbone"].astype(str))
+        reference.insert(0, "backbone", table["backbone"].astype(str).str.strip())
     else:
         reference = pd.concat(
             [reference.assign(backbone=b) for b in backbones] or [reference.assign(backbone="")],

@@ -294,3 +294,15 @@ def test_report_uses_the_external_reference(tmp_path: Path) -> None:
     assert low == pytest.approx(
         stats.t.interval(0.95, 3, loc=per_seed.mean(), scale=stats.sem(per_seed))[0]
     )
+
+
+def test_bad_external_reference_is_one_line_and_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_metrics(tmp_path / "0", "mtl", 0, {"Smiling": 0.9})
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--stl-reference", str(tmp_path / "nope.csv")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--stl-reference" in error and "nope.csv" in error
+    assert not (tmp_path / "report.md").exists()
