@@ -25,11 +25,19 @@ from mtl_celeba.errors import UserError, exit_on_user_error
 from mtl_celeba.io import write_text_atomic
 from mtl_celeba.report_plots import write_plots
 from mtl_celeba.scheduling.dst import DST_METRICS
+from mtl_celeba.statistics import ALPHA, MIN_PAIRS, Statistics, analyse, context_keys, delta_m
 
 #: A configuration: its runs differ only in the seed and are averaged together.
 GROUP_KEYS = ["strategy", "drop_metrics", "backbone", "attribute_set"]
-#: The order strategies are listed in (others follow alphabetically).
-STRATEGY_ORDER = ("mtl", "random_drop", "dst", "stl")
+#: The order strategies are listed in: MTL (the paired baseline), the dropping strategies, the
+#: field's methods (loss weighting, then gradient aggregation), STL (the reference) last.
+#: Strategies not listed here follow the listed methods alphabetically, before STL.
+STRATEGY_ORDER = (
+    "mtl", "random_drop", "dst", "dst_shuffled", "dst_uniform",
+    "si", "rlw", "dwa", "uw", "gradnorm", "famo",
+    "mgda", "pcgrad", "cagrad", "imtlg", "nashmtl", "alignedmtl", "upgrad",
+    "stl",
+)  # fmt: skip
 #: Metrics where a smaller value is better; Delta_m flips their sign. None of the reported
 #: metrics (accuracy, balanced accuracy, F1, AUROC) is one, but the definition needs the set.
 LOWER_IS_BETTER: frozenset[str] = frozenset()
@@ -197,27 +205,14 @@ def collect_runs(run_dirs: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 # --------------------------------------------------------------------------- the numbers
 
 
-def delta_m(values: pd.Series, reference: pd.Series, lower_is_better: bool = False) -> float:
-    """Delta_m% of ``values`` against ``reference`` (both indexed by task), as in the MTL literature.
-
-    Delta_m = 100 / T * sum_t (-1)^l_t (M_t - M_ref,t) / M_ref,t, with l_t = 1 for a
-    lower-is-better metric. NaN when the reference lacks a task: a partial average would
-    compare different task sets.
-    """
-    reference = reference.reindex(values.index)
-    if values.empty or reference.isna().any() or values.isna().any():
-        return float("nan")
-    sign = -1.0 if lower_is_better else 1.0
-    return float(100.0 * (sign * (values - reference) / reference).mean())
-
-
 def sort_groups(table: pd.DataFrame) -> pd.DataFrame:
-    """Order rows by backbone, attribute set, strategy (MTL first), drop metrics, then task as read."""
-    rank = {name: i for i, name in enumerate(STRATEGY_ORDER)}
+    """Order rows by backbone, attribute set, strategy (STRATEGY_ORDER), drop metrics, then task as read."""
+    rank = {name: float(i) for i, name in enumerate(STRATEGY_ORDER)}
+    unlisted = rank["stl"] - 0.5  # after the listed methods, before STL
     keys = {
         "_backbone": table["backbone"],
         "_attribute_set": table["attribute_set"],
-        "_strategy": table["strategy"].map(lambda s: rank.get(s, len(rank))),
+        "_strategy": table["strategy"].map(lambda s: rank.get(s, unlisted)),
         "_strategy_name": table["strategy"],
         "_not_all_metrics": table["drop_metrics"] != "all",
         "_metrics": table["drop_metrics"],
@@ -239,6 +234,58 @@ def stl_reference(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Single-task runs: mean, std and n over seeds per (backbone, task), whatever their attribute set."""
     stl = scores[scores["strategy"] == "stl"]
     return _mean_std(stl, ["backbone", "task"], metric).sort_values(
+        ["backbone", "task"], ignore_index=True
+    )
+
+
+#: Metrics reported as fractions in metrics.json (an external reference must use the same units).
+FRACTION_METRICS = frozenset({"accuracy", "balanced_accuracy", "f1", "auroc"})
+
+
+def read_stl_reference(path: Path, metric: str, backbones: Sequence[str]) -> pd.DataFrame:
+    """An external single-task reference (``--stl-reference``) as the report's STL table.
+
+    A CSV with columns ``task`` and ``metric`` (as fractions, like metrics.json) and optionally
+    ``backbone``; without it the values serve every backbone in ``backbones``. Returns
+    backbone, task, mean, std and n (std and n are unknown: NaN).
+    """
+    fix = f"give a CSV with columns task,{metric} (optionally backbone), one row per task"
+    if not path.is_file():
+        raise UserError(f"--stl-reference {path} is not a file: {fix}.")
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--stl-reference {path} cannot be read as CSV ({error}): {fix}.") from None
+    missing = [column for column in ("task", metric) if column not in table.columns]
+    if missing:
+        raise UserError(f"{path} has no column {', '.join(missing)}: {fix}.")
+    values = pd.to_numeric(table[metric], errors="coerce")
+    if values.isna().any():
+        line = int(values.isna().to_numpy().argmax()) + 2  # the header is line 1
+        raise UserError(f"{path} line {line}: {metric} is not a number: {fix}.")
+    if metric in FRACTION_METRICS and ((values < 0) | (values > 1)).any():
+        raise UserError(
+            f"{path}: {metric} values outside [0, 1]: give fractions as in metrics.json "
+            "(0.91, not 91)."
+        )
+    reference = pd.DataFrame({"task": table["task"].astype(str).str.strip(), "mean": values})
+    if "backbone" in table.columns:
+        reference.insert(0, "backbone", table["backbone"].astype(str).str.strip())
+    else:
+        reference = pd.concat(
+            [reference.assign(backbone=b) for b in backbones] or [reference.assign(backbone="")],
+            ignore_index=True,
+        )
+    repeated = reference[reference.duplicated(["backbone", "task"], keep=False)]
+    if not repeated.empty:
+        first = repeated.iloc[0]
+        raise UserError(
+            f"{path} has more than one row for task {first['task']}"
+            + (f" and backbone {first['backbone']}" if "backbone" in table.columns else "")
+            + ": keep one."
+        )
+    reference = reference.assign(std=np.nan, n=np.nan)
+    return reference[["backbone", "task", "mean", "std", "n"]].sort_values(
         ["backbone", "task"], ignore_index=True
     )
 
@@ -268,8 +315,14 @@ def _delta_m_per_configuration(per_task: pd.DataFrame, lower_is_better: bool) ->
     return pd.DataFrame(rows, columns=[*GROUP_KEYS, "delta_m"])
 
 
-def compare(scores: pd.DataFrame, metric: str = "accuracy") -> Comparison:
-    """Average every configuration over its seeds and compare it with MTL and STL."""
+def compare(
+    scores: pd.DataFrame, metric: str = "accuracy", stl: pd.DataFrame | None = None
+) -> Comparison:
+    """Average every configuration over its seeds and compare it with MTL and STL.
+
+    ``stl`` replaces the STL runs as the single-task reference (``--stl-reference``: columns
+    backbone, task, mean, std, n).
+    """
     multi = scores[scores["strategy"] != "stl"]
     # "configuration" names (strategy, drop metrics); grouping by it too keeps the name.
     keys = [*GROUP_KEYS, "configuration"]
@@ -281,7 +334,8 @@ def compare(scores: pd.DataFrame, metric: str = "accuracy") -> Comparison:
         on=["backbone", "attribute_set", "task"],
         how="left",
     )
-    stl = stl_reference(scores, metric)
+    if stl is None:
+        stl = stl_reference(scores, metric)
     per_task = per_task.merge(
         stl[["backbone", "task", "mean"]].rename(columns={"mean": "stl_mean"}),
         on=["backbone", "task"],
@@ -425,7 +479,7 @@ def stl_table(stl: pd.DataFrame) -> pd.DataFrame:
     """The single-task reference as one row per task, one column per backbone."""
     cells = stl.assign(
         cell=[
-            f"{_mean_pm_std(m, s)} (n={n})"
+            _mean_pm_std(m, s) if pd.isna(n) else f"{_mean_pm_std(m, s)} (n={n:g})"
             for m, s, n in zip(stl["mean"], stl["std"], stl["n"], strict=True)
         ]
     )
@@ -457,6 +511,107 @@ def comparison_notes(comparison: Comparison) -> list[str]:
     return notes
 
 
+# --------------------------------------------------------------------------- does it help?
+# The statistics come from mtl_celeba.statistics; these functions only lay them out.
+
+
+def _p_value(p: float) -> str:
+    """``p=0.004``, ``p<0.001``."""
+    return f"p={NOT_AVAILABLE}" if pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
+
+
+def _difference_cell(row: pd.Series) -> str:
+    """``+0.41 [+0.12, +0.70] p=0.004 ▲``: paired difference to MTL in points, Holm-adjusted p."""
+    pairs = int(row["pairs"])
+    if pairs < MIN_PAIRS:
+        return f"{NOT_AVAILABLE} ({pairs} paired seed{'' if pairs == 1 else 's'})"
+    mark = {"gain": " ▲", "loss": " ▼"}.get(row["significant"], "")
+    return (
+        f"{_gain(row['diff'])} [{_gain(row['ci_low'])}, {_gain(row['ci_high'])}] "
+        f"{_p_value(row['p_holm'])}{mark}"
+    )
+
+
+def _delta_m_cell(row: pd.Series) -> str:
+    """Delta_m% ± the half-width of its 95% interval over seeds."""
+    if pd.isna(row["delta_m"]):
+        return NOT_AVAILABLE
+    if pd.isna(row["delta_m_low"]):
+        return f"{row['delta_m']:+.2f} (1 seed)"
+    return f"{row['delta_m']:+.2f} ± {(row['delta_m_high'] - row['delta_m_low']) / 2:.2f}"
+
+
+def _rows_of(frame: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
+    """The rows of ``frame`` in one context (a merge: NaN keys match, unlike ==)."""
+    return frame.merge(pd.DataFrame([context]), on=list(context), how="inner")
+
+
+def help_section(statistics: Statistics, reference: str) -> list[str]:
+    """The "Does it help?" section: per context its sentences and a table of paired differences."""
+    overall = sort_groups(statistics.overall)
+    if overall.empty:
+        return []
+    lines = [
+        "## Does it help?",
+        "",
+        "Each configuration minus MTL run with the same seed, per task, in percentage points: "
+        f"mean over seeds [{100 * (1 - ALPHA):.0f}% t confidence interval], p = paired t-test "
+        "p-value, Holm-adjusted across the configuration's tasks; ▲ / ▼ a significant gain / "
+        f"loss at the {100 * ALPHA:.0f}% level after that correction. Δm% against {reference} "
+        "is computed per seed: mean ± the half-width of its 95% t interval over seeds. Mean "
+        "rank: per task the configurations of the section are ranked by their mean "
+        "(1 = best), then the ranks are averaged over tasks. A comparison needs at least "
+        f"{MIN_PAIRS} paired seeds.",
+        "",
+    ]
+    keys = context_keys(GROUP_KEYS)
+    for values, configurations in overall.groupby(keys, sort=False, dropna=False):
+        context = dict(zip(keys, values, strict=True))
+        paired = _rows_of(statistics.paired, context)
+        sentences = _rows_of(statistics.sentences, context).set_index("configuration")["sentence"]
+        tasks = list(dict.fromkeys(paired["task"]))
+        cells = {(r["configuration"], r["task"]): _difference_cell(r) for _, r in paired.iterrows()}
+        table = pd.DataFrame(
+            [
+                {
+                    "configuration": row["configuration"],
+                    "seeds": NOT_AVAILABLE if pd.isna(row["seeds"]) else f"{row['seeds']:g}",
+                    **{
+                        task: "baseline"
+                        if row["strategy"] == "mtl"
+                        else cells.get((row["configuration"], task), NOT_AVAILABLE)
+                        for task in tasks
+                    },
+                    "Δm% vs STL": _delta_m_cell(row),
+                    "mean rank": f"{row['mean_rank']:.2f} of {row['ranked_among']:g}",
+                }
+                for _, row in configurations.iterrows()
+            ]
+        )
+        lines += [f"### {' · '.join(str(v) for v in values if not pd.isna(v))}", ""]
+        lines += [f"- {sentences[c]}" for c in configurations["configuration"] if c in sentences]
+        if sentences.empty:
+            lines.append("No configuration besides MTL here: nothing to compare with MTL.")
+        lines += ["", markdown_table(table), ""]
+    return lines
+
+
+def statistics_table(statistics: Statistics) -> pd.DataFrame:
+    """The statistics as ``report.csv`` columns: one row per configuration (fractions; Δm in %)."""
+    overall = statistics.overall[
+        [*GROUP_KEYS, "seeds", "delta_m_low", "delta_m_high", "mean_rank"]
+    ].rename(columns={"delta_m_low": "delta_m_pct_ci_low", "delta_m_high": "delta_m_pct_ci_high"})
+    paired = statistics.paired
+    if paired.empty:
+        return overall
+    values = ["pairs", "diff", "ci_low", "ci_high", "p", "p_holm", "significant"]
+    wide = paired.set_index([*GROUP_KEYS, "task"])[values].unstack("task")
+    tasks = list(dict.fromkeys(paired["task"]))
+    wide = wide[[(value, task) for task in tasks for value in values]]
+    wide.columns = [f"{task}_{value}_vs_mtl" for value, task in wide.columns]
+    return overall.merge(wide.reset_index(), on=GROUP_KEYS, how="left")
+
+
 @dataclass
 class Header:
     """What the report's first lines say about the runs behind it."""
@@ -469,6 +624,15 @@ class Header:
     commands: list[str]
     metric: str
     generated: str = field(default_factory=lambda: datetime.now().strftime("%Y-%m-%d %H:%M"))
+    #: ``--stl-reference``: the external single-task reference replacing the STL runs.
+    reference_file: Path | None = None
+
+    @property
+    def reference(self) -> str:
+        """What Delta_m% and the gains over STL compare with, in words."""
+        if self.reference_file is None:
+            return "the STL runs (their mean over seeds per backbone and task)"
+        return f"the external reference `{self.reference_file}` (--stl-reference)"
 
 
 def data_description(scores: pd.DataFrame) -> str:
@@ -530,6 +694,7 @@ def render_markdown(
     notes: Sequence[str],
     plots: Sequence[str],
     out_dir: Path,
+    statistics: Statistics | None = None,
 ) -> str:
     """The whole ``report.md``."""
     metric = header.metric.replace("_", " ")
@@ -547,8 +712,17 @@ def render_markdown(
     lines += [
         f"- **Metric:** test {metric} in %, mean ± std over seeds (n runs); gains in percentage "
         "points; Δm% = 100/T Σ_t (M_t − M_STL,t) / M_STL,t (the sign flips for lower-is-better metrics).",
+        f"- **Single-task reference (STL):** {header.reference}.",
+        "- **Paired runs:** runs are paired by seed: every strategy run with the same seed sees the "
+        "same training batches in the same order with the same augmentation, so each "
+        "configuration is compared with MTL seed by seed.",
+        "- **Model selection on validation only:** the test metrics are those of the best epoch "
+        "by the validation mean (accuracy by default, `callbacks.model_checkpoint.monitor`); the "
+        "test set never picks the epoch (the DST authors' script picks the best epoch on the test set).",
         "",
     ]
+    if statistics is not None:
+        lines += help_section(statistics, header.reference)
     if not comparison.overall.empty:
         lines += ["## Summary", "", markdown_table(summary_table(comparison)), ""]
     majority = scores.groupby(["backbone", "attribute_set", "task"])["majority_accuracy"].mean()
@@ -566,7 +740,9 @@ def render_markdown(
         lines += [
             "## Single-task reference (STL)",
             "",
-            f"Test {metric} (%) of one network per task, mean ± std over seeds:",
+            f"Test {metric} (%) of one network per task, mean ± std over seeds (n runs):"
+            if header.reference_file is None
+            else f"Test {metric} (%) of {header.reference}:",
             "",
         ]
         lines += [markdown_table(stl_table(comparison.stl)), ""]
@@ -611,13 +787,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="accuracy",
         help="test metric of metrics.json to compare: accuracy (default), balanced_accuracy, f1, auroc",
     )
+    parser.add_argument(
+        "--stl-reference",
+        type=Path,
+        metavar="FILE",
+        help="single-task reference for Δm%% instead of STL runs: a CSV with columns task and "
+        "the metric (fractions), optionally backbone",
+    )
     return parser.parse_args(argv)
 
 
 def write_report(
-    sweep_dirs: Sequence[Path], out_dir: Path, metric: str = "accuracy"
+    sweep_dirs: Sequence[Path],
+    out_dir: Path,
+    metric: str = "accuracy",
+    stl_reference: Path | None = None,
 ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Read the runs below ``sweep_dirs``, write the report files into ``out_dir``.
+
+    ``stl_reference``: a CSV of single-task values replacing the STL runs (``--stl-reference``).
 
     Returns the path of ``report.md``, the summary table (one line per configuration) and the
     failed runs.
@@ -632,9 +820,18 @@ def write_report(
                 f"choose one of: {', '.join(reported)}."
             )
         scores[metric] = pd.Series(dtype=float)  # no completed run: every table stays empty
-    comparison = compare(scores, metric)
+    external = None
+    if stl_reference is not None:
+        backbones = sorted(scores["backbone"].dropna().astype(str).unique())
+        external = read_stl_reference(stl_reference, metric, backbones)
+    comparison = compare(scores, metric, stl=external)
+    lower_is_better = metric in LOWER_IS_BETTER
+    statistics = analyse(scores, metric, GROUP_KEYS, comparison.stl, lower_is_better)
+    table = wide_table(comparison)
+    if not table.empty:
+        table = table.merge(statistics_table(statistics), on=GROUP_KEYS, how="left")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / REPORT_CSV, wide_table(comparison).to_csv(index=False))
+    write_text_atomic(out_dir / REPORT_CSV, table.to_csv(index=False))
     plots, plot_notes = write_plots(
         scores, comparison.per_task, comparison.overall, comparison.stl, metric, out_dir
     )
@@ -646,19 +843,26 @@ def write_report(
         setup=setup_description(scores),
         commands=reproduce_commands(sweep_dirs),
         metric=metric,
+        reference_file=stl_reference,
     )
     notes = [*comparison_notes(comparison), *plot_notes]
-    markdown = render_markdown(header, scores, comparison, failed, notes, plots, out_dir)
+    if external is not None and (scores["strategy"] == "stl").any():
+        notes.append("STL runs were found but --stl-reference replaces them as the reference.")
+    markdown = render_markdown(
+        header, scores, comparison, failed, notes, plots, out_dir, statistics=statistics
+    )
     write_text_atomic(out_dir / REPORT_MD, markdown)
     return out_dir / REPORT_MD, summary_table(comparison), failed
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    """``mtl-report SWEEP_DIR [more dirs] [--out DIR] [--metric accuracy]``."""
+    """``mtl-report SWEEP_DIR [more dirs] [--out DIR] [--metric accuracy] [--stl-reference FILE]``."""
     args = parse_args(argv)
     out_dir = args.out or args.sweep_dirs[0]
-    report, summary, failed = write_report(args.sweep_dirs, out_dir, args.metric)
+    report, summary, failed = write_report(
+        args.sweep_dirs, out_dir, args.metric, args.stl_reference
+    )
     if not summary.empty:
         print(summary.to_string(index=False))
     if not failed.empty:

@@ -322,6 +322,7 @@ def test_console_prints_summary_and_report_path(
     assert f"Report: {tmp_path / 'out' / 'report.md'}" in printed
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "No DST run" in md  # the activation plot is skipped with a note
+    assert "No configuration besides MTL here: nothing to compare with MTL." in md
     assert not (tmp_path / "out" / "dst_activation.png").exists()
 
 
@@ -373,3 +374,64 @@ def test_unknown_metric_is_one_clear_error(
     error = capsys.readouterr().err
     assert "--metric precision" in error and "accuracy, balanced_accuracy, f1, auroc" in error
     assert not (tmp_path / "report.md").exists()
+
+
+# --------------------------------------------------------------------------- does it help?
+
+
+def test_does_it_help_section_and_header(report: dict[str, Any]) -> None:
+    md = report["md"]
+    assert md.index("## Does it help?") < md.index("## Summary")
+    assert "runs are paired by seed" in md and "same augmentation" in md
+    assert "selection on validation only" in md and "best epoch on the test set" in md
+    section = md.split("## Does it help?", 1)[1].split("## Summary", 1)[0]
+    # DST Smiling: +4 points on both seeds; the sentence and the table say so.
+    assert "- dst (all) vs MTL: better on 1 of 3 tasks (Smiling +4.00 pp [+4.00, +4.00])" in section
+    assert "- random_drop vs MTL:" in section
+    assert "Δm% n/a (no single-task reference for Young)" in section
+    assert "| mtl " in section and "baseline" in section
+    assert "p<0.001 ▲" in section and "of 3" in section  # mean rank among 3 configurations
+
+
+def test_csv_has_the_statistics(report: dict[str, Any]) -> None:
+    dst = row(report["csv"], "dst")
+    assert dst["Smiling_diff_vs_mtl"] == pytest.approx(0.04)
+    assert dst["Smiling_pairs_vs_mtl"] == 2
+    assert dst["Smiling_significant_vs_mtl"] == "gain"
+    assert dst["seeds"] == 2
+    # Mean ranks by hand (higher is better): Smiling dst 1, mtl 2, random_drop 3; Male dst 1,
+    # mtl 2, random_drop 3; Young mtl/random_drop tie at 1.5, dst 3.
+    assert dst["mean_rank"] == pytest.approx(5 / 3)
+    assert row(report["csv"], "random_drop")["mean_rank"] == pytest.approx(7.5 / 3)
+    assert pd.isna(row(report["csv"], "mtl")["Smiling_diff_vs_mtl"])
+
+
+def test_f1_end_to_end(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    make_stl_sweep(tmp_path, {**SINGLE_TASK, ("Young", 0): 0.75})
+    main([str(sweep), str(tmp_path / "stl"), "--metric", "f1", "--out", str(tmp_path / "out")])
+    csv = pd.read_csv(tmp_path / "out" / "report.csv")
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "test f1 in %" in md and "| majority class" not in md
+    dst = row(csv, "dst")
+    assert dst["Smiling_mean"] == pytest.approx(0.85 - 0.2)  # write_run's f1 is accuracy - 0.2
+    dst_f1 = [0.85 - 0.2, 0.92 - 0.2, 0.71 - 0.2]
+    stl_f1 = [0.86 - 0.2, 0.92 - 0.2, 0.75 - 0.2]
+    expected = 100 / 3 * sum((m - s) / s for m, s in zip(dst_f1, stl_f1, strict=True))
+    assert dst["delta_m_pct"] == pytest.approx(expected)
+    assert dst["Smiling_diff_vs_mtl"] == pytest.approx(0.04)
+
+
+def test_every_method_is_reported_in_order(tmp_path: Path) -> None:
+    methods = ["upgrad", "stl", "zz_custom", "famo", "dst_uniform", "mtl", "pcgrad", "dst_shuffled"]
+    for job, strategy in enumerate(methods):
+        for seed in (0, 1):
+            accuracies = {"Smiling": 0.8 + 0.01 * job + 0.003 * seed, "Male": 0.9 - 0.01 * seed}
+            write_run(tmp_path / f"{job}_{seed}", strategy, seed, accuracies)
+    main([str(tmp_path)])
+    csv = pd.read_csv(tmp_path / "report.csv")
+    expected = ["mtl", "dst_shuffled", "dst_uniform", "famo", "pcgrad", "upgrad", "zz_custom"]
+    assert list(csv["strategy"]) == expected  # STL is the reference, not a configuration
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    for strategy in expected[1:]:
+        assert f"- {strategy} vs MTL: " in md
