@@ -125,14 +125,17 @@ class MultiTaskModule(L.LightningModule):
     @property
     def task_depths(self) -> list[int]:
         """Weight layers on each task's input-to-output path (DST's d_t)."""
-        return [self.backbone.depth + self.heads[task].depth for task in self.tasks]
+        return [self.backbone.depth + self.heads.depths[task] for task in self.tasks]
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Images (B, 3, H, W) -> logits (B, T)."""
+    def features(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> the shared backbone features (B, F)."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(images)
-        return torch.stack([self.heads[task](features) for task in self.tasks], dim=1)
+        return self.backbone(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> logits (B, T): ``self.heads(self.features(images))``."""
+        return self.heads(self.features(images))
 
     def setup(self, stage: str) -> None:
         """Take the positive-class weights from the training split when ``pos_weight`` is on."""
