@@ -15,6 +15,7 @@ from mtl_celeba.models.backbones import build_backbone
 from mtl_celeba.models.heads import build_heads
 from mtl_celeba.models.loss import masked_task_losses
 from mtl_celeba.models.metrics import METRIC_NAMES, TaskMetrics
+from mtl_celeba.models.optim import build_optimizer
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -139,6 +140,9 @@ class MultiTaskModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Take the positive-class weights from the training split when ``pos_weight`` is on."""
+        if self.trainer.strategy.root_device.type == "cuda":
+            # TF32 matmuls for float32 layers (Lightning warns when this is left at "highest")
+            torch.set_float32_matmul_precision("high")
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
             rates = torch.as_tensor(datamodule.positive_rates("train"), dtype=torch.float32)
@@ -162,9 +166,9 @@ class MultiTaskModule(L.LightningModule):
         loss = (self.task_gates * self.task_loss_weights * task_losses).sum()
         self.train_loss_sum += loss_sums.detach()
         self.train_label_count += counts.detach()
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(counts)
-        )
+        # not on the progress bar: showing a step value there reads it back (a host-device
+        # sync) at every step; the logger reads it every trainer.log_every_n_steps steps
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch[1]))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -224,7 +228,8 @@ class MultiTaskModule(L.LightningModule):
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
         parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = (self.optimizer_factory or torch.optim.Adam)(parameters)
+        cuda = self.trainer.strategy.root_device.type == "cuda" if self._trainer else False
+        optimizer = build_optimizer(self.optimizer_factory, parameters, cuda)
         if self.scheduler_factory is None:
             return optimizer
         return {
