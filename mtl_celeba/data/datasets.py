@@ -145,7 +145,9 @@ class DeviceBatches:
         self.targets = targets.to(images.device)
         self.mask = mask.to(images.device)
         self.batch_size = batch_size
+        # read by Lightning as on a DataLoader: set_epoch goes to the sampler every epoch
         self.sampler = sampler
+        self.batch_sampler = None
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
