@@ -434,6 +434,8 @@ def compose_run(settings: Settings, backbone: str, variant: str) -> DictConfig:
         f"strategy={'dst' if variant == 'dst' else 'mtl'}",
         *(["strategy.gate_every=epoch"] if variant == "dst" else []),
         *settings.overrides,
+        # the naive pipeline decodes JPEGs: a device cache (data.device_cache=true) is for the rest
+        *(["data.device_cache=false"] if variant == "naive" else []),
     ]
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()

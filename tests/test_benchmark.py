@@ -209,3 +209,19 @@ def test_unknown_override_is_a_config_error():
     )
     with pytest.raises(benchmark.ConfigError, match="no_such_key"):
         benchmark.compose_run(settings, "resnet18", "fast")
+
+
+def test_device_cache_override_spares_the_naive_variant():
+    settings = SimpleNamespace(
+        data_source="synthetic",
+        data_root=None,
+        num_images=400,
+        image_size=32,
+        batch_size=16,
+        workers=0,
+        compile=False,
+        overrides=["data.device_cache=true"],
+    )
+    assert benchmark.compose_run(settings, "resnet18", "fast").data.device_cache is True
+    naive = benchmark.compose_run(settings, "resnet18", "naive").data
+    assert naive.pipeline == "naive" and naive.device_cache is False
