@@ -58,7 +58,7 @@ reproduce: setup ## run the canonical grids and write the comparison report (CEL
 	$(RUN) mtl-report $(REPRODUCE_DIR)
 	@echo "Report: $(REPRODUCE_DIR)/report.md"
 
-bench: setup ## training throughput: model-only ceiling, fast vs naive pipeline, DST vs MTL (ARGS="...")
+bench: setup ## training throughput: a plain PyTorch loop vs the fast and naive pipelines, DST vs MTL (ARGS="...")
 	$(RUN) mtl-bench $(ARGS)
 
 tensorboard: setup ## open TensorBoard on outputs/

@@ -1,9 +1,17 @@
-"""``mtl-bench``: training throughput of the input pipelines against the model-only ceiling.
+"""``mtl-bench``: training throughput of the input pipelines against a plain PyTorch loop.
 
-For each backbone, five short training runs go through the same Lightning Trainer and the same
-``training_step`` (on-device normalise/flip, loss, backward, optimizer step, precision):
+For each backbone, six short training runs. The first is the honest limit:
 
-- ``ceiling``: one uint8 batch already on the device, served for every step (no input cost);
+- ``plain``: a minimal pure-PyTorch loop, no Lightning and no metrics: the same backbone,
+  precision, memory format, batch size and optimizer, the heads fused into stacked weights
+  (the configured ``model.head_hidden`` widths, without per-task overrides or dropout), one
+  uint8 batch already on the device, normalised and flipped on the device, BCE, backward, step.
+
+The other five go through the same Lightning Trainer and the project's ``training_step``
+(on-device normalise/flip, loss, metrics, logging, backward, optimizer step, precision):
+
+- ``model_only``: one uint8 batch already on the device, served for every step (no input
+  cost, but all of the module's and Lightning's per-step work: not the limit, ``plain`` is);
 - ``fast``: the default pipeline, uint8 batches from the memory-mapped cache;
 - ``naive``: per-image PIL decoding and torchvision transforms in the DataLoader workers;
 - ``mtl`` and ``dst``: the fast pipeline with plain MTL and with the DST callback, both with
@@ -34,6 +42,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
@@ -41,18 +50,22 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from tabulate import tabulate
+from torch import Tensor, nn
 
 from mtl_celeba.config import CONFIG_DIR, PROJECT_ROOT, instantiate
+from mtl_celeba.data.augment import device_transform
 from mtl_celeba.data.datamodule import CelebADataModule
 from mtl_celeba.errors import ConfigError, exit_on_user_error
 from mtl_celeba.io import write_json_atomic
-from mtl_celeba.models.backbones import check_backbone_name
+from mtl_celeba.models.backbones import build_backbone, check_backbone_name
+from mtl_celeba.models.optim import build_optimizer
 from mtl_celeba.scheduling.callbacks import DroppedScheduledTask
 
 #: The runs made for each backbone, in the order they run.
-VARIANTS = ("ceiling", "fast", "naive", "mtl", "dst")
+VARIANTS = ("plain", "model_only", "fast", "naive", "mtl", "dst")
 VARIANT_LABELS = {
-    "ceiling": "model only (batch on device)",
+    "plain": "plain PyTorch loop (no Lightning)",
+    "model_only": "module only (batch on device)",
     "fast": "fast pipeline (uint8 cache)",
     "naive": "naive pipeline (PIL per image)",
     "mtl": "fast, plain MTL, epoch = window",
@@ -208,7 +221,7 @@ class RepeatedBatch:
 
 
 class DeviceResidentData(CelebADataModule):
-    """The ceiling's data: the fast DataModule, but every training step gets the same uint8
+    """The model_only variant's data: the fast DataModule, but every training step gets the same uint8
     batch, moved to the device once. Epochs keep the real loader's length, and the on-device
     normalise/flip (``on_after_batch_transfer``) is the DataModule's own."""
 
@@ -299,8 +312,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-bench",
         description=(
-            "Training throughput (images/s) of the model-only ceiling, the fast and the naive "
-            "input pipelines, and DST against plain MTL, on the device found (CUDA, else CPU). "
+            "Training throughput (images/s) of a plain PyTorch loop, the project's module on a "
+            "device-resident batch, the fast and the naive input pipelines, and DST against "
+            "plain MTL, on the device found (CUDA, else CPU). "
             "Defaults depend on the device (CPU / GPU)."
         ),
     )
@@ -385,6 +399,11 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
     ):
         if value < least:
             raise ConfigError(f"{option} is {value}: use {least} or more.")
+    if settings.precision not in PLAIN_PRECISIONS:
+        raise ConfigError(
+            f"--precision is {settings.precision!r}: the plain loop supports "
+            f"{', '.join(PLAIN_PRECISIONS)}."
+        )
     if settings.data_source == "celeba" and not settings.data_root:
         raise ConfigError(
             "--data-source celeba needs --data-root: pass the folder that holds your CelebA copy."
@@ -415,6 +434,8 @@ def compose_run(settings: Settings, backbone: str, variant: str) -> DictConfig:
         f"strategy={'dst' if variant == 'dst' else 'mtl'}",
         *(["strategy.gate_every=epoch"] if variant == "dst" else []),
         *settings.overrides,
+        # the naive pipeline decodes JPEGs: a device cache (data.device_cache=true) is for the rest
+        *(["data.device_cache=false"] if variant == "naive" else []),
     ]
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -467,7 +488,7 @@ def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
     """Train ``settings.total_steps`` steps of one variant and time its windows."""
     cuda = settings.accelerator == "gpu"
     L.seed_everything(int(cfg.seed), verbose=False)
-    if variant == "ceiling":
+    if variant == "model_only":
         datamodule = instantiate(cfg.data, _target_=f"{__name__}.DeviceResidentData")
     else:
         datamodule = instantiate(cfg.data)
@@ -521,10 +542,109 @@ def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
     return result
 
 
+#: Lightning precisions the plain loop reproduces, and the autocast dtype of each.
+PLAIN_PRECISIONS = {
+    "32-true": None,
+    "32": None,
+    "bf16-mixed": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "16": torch.float16,
+}
+
+
+class PlainHeads(nn.Module):
+    """Every task's MLP head as stacked weights: ``Linear(F, T * H)`` then per-task layers.
+
+    Written here rather than taken from :mod:`mtl_celeba.models.heads` so the plain loop stays
+    an independent reference. ``hidden=[]`` is one ``Linear(F, T)``.
+    """
+
+    def __init__(self, in_features: int, num_tasks: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        widths = [*hidden, 1]
+        self.first = nn.Linear(in_features, num_tasks * widths[0])
+        self.num_tasks = num_tasks
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(num_tasks, out, width) / width**0.5)
+            for width, out in itertools.pairwise(widths)
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(num_tasks, out)) for out in widths[1:]
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = self.first(features).view(len(features), self.num_tasks, -1)
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            out = torch.einsum("bgi,goi->bgo", F.relu(out), weight) + bias
+        return out.squeeze(-1)
+
+
+def run_plain(cfg: DictConfig, settings: Settings) -> RunResult:
+    """A minimal pure-PyTorch training loop: the speed the project's step should approach.
+
+    Same backbone (and freezing), memory format, compile flag, precision, batch size and
+    optimizer as the other runs; no Lightning, no metrics, no logging, no missing-label mask.
+    One uint8 batch lives on the device and is normalised and flipped there every step.
+    """
+    cuda = settings.accelerator == "gpu"
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.set_float32_matmul_precision("high")
+    L.seed_everything(int(cfg.seed), verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    dataset = datamodule.datasets["train"]
+    indices = list(range(min(settings.batch_size, len(dataset))))
+    images, targets, _ = (t.to(device) for t in dataset.__getitems__(indices))
+    channels_last = bool(cfg.model.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    backbone = build_backbone(
+        cfg.model.backbone, weights=cfg.model.weights, freeze=cfg.model.freeze
+    )
+    heads = PlainHeads(backbone.out_features, targets.shape[1], list(cfg.model.head_hidden))
+    backbone.to(device=device, memory_format=memory_format)
+    heads.to(device)
+    if settings.compile:
+        backbone.compile()
+    backbone.train(), heads.train()
+    params = [p for m in (backbone, heads) for p in m.parameters() if p.requires_grad]
+    optimizer = build_optimizer(instantiate(cfg.model.optimizer), params, cuda)
+    dtype = PLAIN_PRECISIONS[settings.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    timer = WindowTimer(
+        settings.warmup_steps,
+        settings.window_steps,
+        settings.windows,
+        torch.cuda.synchronize if cuda else lambda: None,
+    )
+    timer.on_fit_start(None, None)
+    batch = (images, targets)
+    for step in range(settings.total_steps):
+        x = device_transform(images, train=True, flip=bool(cfg.data.flip))
+        x = x.contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = heads(backbone(x))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        timer.on_train_batch_end(None, None, None, batch, step)  # type: ignore[arg-type]
+    del backbone, heads, optimizer, datamodule
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    windows = window_throughputs(timer.times, timer.images)
+    return RunResult(statistics.median(windows), windows, timer.first_step_s)
+
+
 def ratios(throughput: dict[str, float]) -> dict[str, float]:
-    """fast/ceiling, fast/naive, and DST's share of step time over plain MTL."""
+    """fast/plain, fast/model_only, fast/naive, and DST's share of step time over plain MTL."""
     return {
-        "fast_over_ceiling": throughput["fast"] / throughput["ceiling"],
+        "fast_over_plain": throughput["fast"] / throughput["plain"],
+        "fast_over_model_only": throughput["fast"] / throughput["model_only"],
         "fast_over_naive": throughput["fast"] / throughput["naive"],
         # step time is batch / throughput, so (t_dst - t_mtl) / t_mtl = mtl/dst - 1
         "dst_overhead": throughput["mtl"] / throughput["dst"] - 1.0,
@@ -551,7 +671,10 @@ def benchmark_backbone(
     for variant in VARIANTS:
         started = time.perf_counter()
         with quiet_lightning():
-            run = runs[variant] = run_variant(configs[variant], settings, variant)
+            if variant == "plain":
+                run = runs[variant] = run_plain(configs[variant], settings)
+            else:
+                run = runs[variant] = run_variant(configs[variant], settings, variant)
         windows = ", ".join(f"{value:.1f}" for value in run.window_images_per_s)
         spread = window_spread(run.window_images_per_s)
         unsteady = f"  UNSTEADY: windows differ {spread:.2f}x" if spread > UNSTEADY_SPREAD else ""
@@ -600,18 +723,26 @@ def device_name(cuda: bool) -> str:
 
 
 def results_table(backbones: dict[str, dict[str, Any]]) -> str:
-    """Images/s per variant and the three ratios, one row per backbone."""
+    """Images/s per variant and the four ratios, one row per backbone."""
     rows = [
         [
             name,
             *(f"{entry['images_per_s'][variant]:.1f}" for variant in VARIANTS),
-            f"{entry['fast_over_ceiling']:.2f}",
+            f"{entry['fast_over_plain']:.2f}",
+            f"{entry['fast_over_model_only']:.2f}",
             f"{entry['fast_over_naive']:.2f}",
             f"{100 * entry['dst_overhead']:+.2f}%",
         ]
         for name, entry in backbones.items()
     ]
-    headers = ["backbone", *VARIANTS, "fast/ceiling", "fast/naive", "DST overhead"]
+    headers = [
+        "backbone",
+        *VARIANTS,
+        "fast/plain",
+        "fast/model_only",
+        "fast/naive",
+        "DST overhead",
+    ]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -684,8 +815,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(results_table(results))
     print(
-        "\nimages/s: median over the timed windows. fast/ceiling: the share of the model-only "
-        "speed that the fast pipeline reaches. fast/naive: its speed-up over per-image "
+        "\nimages/s: median over the timed windows. fast/plain: the share of a plain PyTorch "
+        "loop's speed (same network, no Lightning, no metrics) that the fast pipeline reaches. "
+        "fast/model_only: the share of the module's own speed on a device-resident batch. "
+        "fast/naive: its speed-up over per-image "
         "decoding. DST overhead: DST's extra step time over plain MTL, with an epoch end "
         f"(DST's update) every {settings.window_steps} steps: an upper bound for longer epochs."
     )

@@ -1,5 +1,6 @@
 """mtl-bench: the window arithmetic, the timer callback, option checks, and one tiny real run."""
 
+import functools
 import json
 import math
 import warnings
@@ -18,6 +19,7 @@ from mtl_celeba.benchmark import (
     ratios,
     window_throughputs,
 )
+from mtl_celeba.models.optim import build_optimizer, fused_kwargs
 
 
 def test_window_throughputs_and_median():
@@ -33,8 +35,18 @@ def test_window_throughputs_and_median():
 
 
 def test_ratios_follow_from_the_throughputs():
-    result = ratios({"ceiling": 200.0, "fast": 180.0, "naive": 60.0, "mtl": 100.0, "dst": 80.0})
-    assert result["fast_over_ceiling"] == pytest.approx(0.9)
+    result = ratios(
+        {
+            "plain": 300.0,
+            "model_only": 200.0,
+            "fast": 180.0,
+            "naive": 60.0,
+            "mtl": 100.0,
+            "dst": 80.0,
+        }
+    )
+    assert result["fast_over_plain"] == pytest.approx(0.6)
+    assert result["fast_over_model_only"] == pytest.approx(0.9)
     assert result["fast_over_naive"] == pytest.approx(3.0)
     # step time 1/80 against 1/100: 25% longer
     assert result["dst_overhead"] == pytest.approx(0.25)
@@ -119,7 +131,7 @@ def test_bench_runs_end_to_end(synthetic_root: Path, tmp_path: Path, capsys):
         ]
     )
     printed = capsys.readouterr().out
-    assert "fast/ceiling" in printed and str(out) in printed
+    assert "fast/plain" in printed and str(out) in printed
 
     bench = json.loads(out.read_text())
     assert bench["accelerator"] == "cpu" and bench["device"]
@@ -132,7 +144,10 @@ def test_bench_runs_end_to_end(synthetic_root: Path, tmp_path: Path, capsys):
         windows = entry["window_images_per_s"][variant]
         assert len(windows) == 2 and throughput[variant] == pytest.approx(sum(windows) / 2)
         assert benchmark.VARIANT_LABELS[variant] in printed  # a progress line per run
-    assert entry["fast_over_ceiling"] == pytest.approx(throughput["fast"] / throughput["ceiling"])
+    assert entry["fast_over_plain"] == pytest.approx(throughput["fast"] / throughput["plain"])
+    assert entry["fast_over_model_only"] == pytest.approx(
+        throughput["fast"] / throughput["model_only"]
+    )
     assert entry["fast_over_naive"] == pytest.approx(throughput["fast"] / throughput["naive"])
     assert entry["dst_overhead"] == pytest.approx(throughput["mtl"] / throughput["dst"] - 1)
     hooks = entry["dst_callback_ms"]
@@ -142,11 +157,43 @@ def test_bench_runs_end_to_end(synthetic_root: Path, tmp_path: Path, capsys):
     assert list(tmp_path.glob("bench/.bench.json.*")) == []  # written atomically
 
 
-def test_ceiling_batch_stays_on_the_device_and_repeats():
+def test_model_only_batch_stays_on_the_device_and_repeats():
     batch = (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, 2), torch.ones(4, 2))
     repeated = benchmark.RepeatedBatch(batch, 3)
     assert len(repeated) == 3
     assert [item is batch for item in repeated] == [True, True, True]
+
+
+def test_plain_heads_are_per_task_mlps():
+    """The plain loop's stacked heads: task t's logit depends only on task t's weights."""
+    torch.manual_seed(0)
+    heads = benchmark.PlainHeads(16, 3, [8])
+    features = torch.randn(5, 16)
+    logits = heads(features)
+    assert logits.shape == (5, 3)
+    hidden = torch.relu(heads.first(features)).view(5, 3, 8)
+    expected = (hidden * heads.weights[0].squeeze(1)).sum(-1) + heads.biases[0].squeeze(1)
+    torch.testing.assert_close(logits, expected)
+    assert benchmark.PlainHeads(16, 3, [])(features).shape == (5, 3)
+
+
+def test_optimizers_are_fused_on_cuda_only():
+    adam = functools.partial(torch.optim.Adam, lr=0.1)
+    assert fused_kwargs(adam, cuda=True) == {"fused": True}
+    assert fused_kwargs(torch.optim.AdamW, cuda=True) == {"fused": True}
+    assert fused_kwargs(adam, cuda=False) == {}
+    assert fused_kwargs(functools.partial(torch.optim.SGD, lr=0.1), cuda=True) == {}
+    # a config that sets fused itself keeps its choice
+    assert fused_kwargs(functools.partial(torch.optim.Adam, fused=False), cuda=True) == {}
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(build_optimizer(adam, params, cuda=False), torch.optim.Adam)
+
+
+def test_unsupported_precision_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--precision", "bf16-true"])
+    assert exit_info.value.code == 2
+    assert "--precision" in capsys.readouterr().err
 
 
 def test_unknown_override_is_a_config_error():
@@ -162,3 +209,19 @@ def test_unknown_override_is_a_config_error():
     )
     with pytest.raises(benchmark.ConfigError, match="no_such_key"):
         benchmark.compose_run(settings, "resnet18", "fast")
+
+
+def test_device_cache_override_spares_the_naive_variant():
+    settings = SimpleNamespace(
+        data_source="synthetic",
+        data_root=None,
+        num_images=400,
+        image_size=32,
+        batch_size=16,
+        workers=0,
+        compile=False,
+        overrides=["data.device_cache=true"],
+    )
+    assert benchmark.compose_run(settings, "resnet18", "fast").data.device_cache is True
+    naive = benchmark.compose_run(settings, "resnet18", "naive").data
+    assert naive.pipeline == "naive" and naive.device_cache is False

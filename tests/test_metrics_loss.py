@@ -102,5 +102,31 @@ def test_gate_vector_switches_a_task_off():
     assert model.epoch_task_losses()[1] > 0, "the dropped task is still measured"
     assert gating._active_steps.tolist() == [1.0, 0.0], "the applied gates are recorded"
     loss.backward()
-    assert all(p.grad is None or not p.grad.any() for p in model.heads["Male"].parameters())
-    assert any(p.grad is not None and p.grad.any() for p in model.heads["Smiling"].parameters())
+    male = model.heads.task_parameters("Male", grad=True)
+    smiling = model.heads.task_parameters("Smiling", grad=True)
+    assert all(g is None or not g.any() for g in male)
+    assert any(g is not None and g.any() for g in smiling)
+
+
+def test_task_metrics_match_torchmetrics_classes():
+    """The vectorised counts and stored-score AUROC equal torchmetrics' multilabel metrics."""
+    from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
+
+    generator = torch.Generator().manual_seed(0)
+    tasks = 5
+    ours = TaskMetrics(tasks)
+    stats = MultilabelStatScores(num_labels=tasks, average="none", ignore_index=-1)
+    auroc = MultilabelAUROC(num_labels=tasks, average="none", ignore_index=-1)
+    for _ in range(3):
+        logits = torch.randn(32, tasks, generator=generator)
+        targets = (torch.rand(32, tasks, generator=generator) < 0.4).float()
+        mask = torch.rand(32, tasks, generator=generator) < 0.8
+        ours.update(logits, targets, mask)
+        labels = torch.where(mask, targets.long(), -1)
+        stats.update(torch.sigmoid(logits), labels)
+        auroc.update(torch.sigmoid(logits), labels)
+    tp, fp, tn, fn, _ = stats.compute().float().unbind(-1)
+    values = ours.compute()
+    torch.testing.assert_close(values["accuracy"], (tp + tn) / (tp + tn + fp + fn))
+    torch.testing.assert_close(values["f1"], 2 * tp / (2 * tp + fp + fn))
+    torch.testing.assert_close(values["auroc"], auroc.compute().float())

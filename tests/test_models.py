@@ -274,10 +274,18 @@ def test_build_heads_with_per_task_overrides() -> None:
         dropout=0.1,
         overrides={"Bald": {"hidden": [64, 32, 16]}, "Young": {"hidden": [], "dropout": 0.0}},
     )
-    assert list(heads) == ["Smiling", "Bald", "Young"]
-    assert [heads[task].depth for task in heads] == [2, 4, 1]
-    assert not any(isinstance(m, nn.Dropout) for m in heads["Young"].modules())
-    assert all(m.p == 0.1 for m in heads["Bald"].modules() if isinstance(m, nn.Dropout))
+    assert heads.tasks == ["Smiling", "Bald", "Young"]
+    assert heads.depths == {"Smiling": 2, "Bald": 4, "Young": 1}
+    assert heads(torch.randn(3, 32)).shape == (3, 3)
+    shapes = {
+        tuple(names): (g.hidden, g.dropout)
+        for names, g in zip(heads.group_tasks, heads.groups, strict=True)
+    }
+    assert shapes == {
+        ("Smiling",): ([16], 0.1),
+        ("Bald",): ([64, 32, 16], 0.1),
+        ("Young",): ([], 0.0),
+    }
 
 
 def test_build_heads_accepts_hydra_containers() -> None:
@@ -285,7 +293,7 @@ def test_build_heads_accepts_hydra_containers() -> None:
     heads = build_heads(
         OmegaConf.create(["Smiling", "Bald"]), 32, OmegaConf.create([4, 4]), 0.0, overrides
     )
-    assert [heads["Smiling"].depth, heads["Bald"].depth] == [3, 2]
+    assert heads.depths == {"Smiling": 3, "Bald": 2}
 
 
 @pytest.mark.parametrize("hidden", [(), (16,)])

@@ -40,7 +40,7 @@ def _train_recording(compose_train, tmp_path, name: str, overrides: list[str]) -
     train_module.instantiate_callbacks = lambda cfg: [*original(cfg), recorder]
     try:
         cfg = compose_train(
-            [*RANDOM_STREAMS, *overrides, "test=false", "trainer.limit_val_batches=1"],
+            [*RANDOM_STREAMS, *overrides, "test=false", "+trainer.limit_val_batches=1"],
             run_dir=tmp_path / name,
         )
         assert train(cfg, tmp_path / name)["status"] == "completed"
@@ -58,7 +58,7 @@ def test_every_strategy_sees_the_same_batches(compose_train, tmp_path):
             compose_train,
             tmp_path,
             strategy,
-            [f"strategy={strategy}", "trainer.limit_train_batches=3", "seed=7"],
+            [f"strategy={strategy}", "+trainer.limit_train_batches=3", "seed=7"],
         ).batches
         for strategy in strategies
     }
@@ -78,7 +78,10 @@ def test_a_strategy_that_changes_nothing_ends_exactly_like_mtl(compose_train, tm
     and weighs nothing: after its full measurement pass and its per-epoch draws it must end
     with bit-identical weights and test metrics to plain MTL with the same seed."""
     common = ["seed=3", "trainer.max_epochs=2"]
-    mtl = train(compose_train(["strategy=mtl", *RANDOM_STREAMS, *common]), tmp_path / "mtl")
+    mtl = train(
+        compose_train(["strategy=mtl", *RANDOM_STREAMS, *common], run_dir=tmp_path / "mtl"),
+        tmp_path / "mtl",
+    )
     noop = train(
         compose_train(
             [

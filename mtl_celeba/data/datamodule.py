@@ -11,14 +11,21 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from mtl_celeba.data.augment import device_transform, naive_transform
 from mtl_celeba.data.cache import load_or_build_cache
 from mtl_celeba.data.celeba import CelebAIndex, load_celeba
-from mtl_celeba.data.datasets import CachedFaces, EpochShuffle, JpegFaces, keep_batch
+from mtl_celeba.data.datasets import (
+    CachedFaces,
+    DeviceBatches,
+    EpochShuffle,
+    JpegFaces,
+    keep_batch,
+    to_device_in_chunks,
+)
 from mtl_celeba.data.synthetic import ensure_synthetic_celeba
 from mtl_celeba.errors import ConfigError
 
@@ -90,12 +97,18 @@ class CelebADataModule(L.LightningDataModule):
         hide_labels: float | Mapping[str, float] = 0.0,
         hide_labels_seed: int = 0,
         shuffle_seed: int = 0,
+        device_cache: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
             raise ConfigError(f"data.source is {source!r}: use one of {', '.join(SOURCES)}.")
         if pipeline not in PIPELINES:
             raise ConfigError(f"data.pipeline is {pipeline!r}: use one of {', '.join(PIPELINES)}.")
+        if device_cache and pipeline != "cached":
+            raise ConfigError(
+                "data.device_cache=true needs data.pipeline=cached (it holds the uint8 cache on "
+                "the device): set one of them differently."
+            )
         if image_size < 16:
             raise ConfigError(f"data.image_size is {image_size}: use at least 16 pixels.")
         self.attributes = resolve_attributes(attributes)
@@ -118,6 +131,8 @@ class CelebADataModule(L.LightningDataModule):
         self.hidden_label_fraction = hide_labels
         self.hide_labels_seed = hide_labels_seed
         self.shuffle_seed = shuffle_seed
+        self.device_cache = device_cache
+        self._device_splits: dict[str, DeviceBatches] = {}
         self.index: CelebAIndex | None = None
         self.datasets: dict[str, Dataset] = {}
         self.split_labels: dict[str, np.ndarray] = {}
@@ -227,10 +242,14 @@ class CelebADataModule(L.LightningDataModule):
         return header + "\n" + table.to_string(float_format=lambda value: f"{value:.3f}")
 
     # ---------------------------------------------------------- dataloaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | DeviceBatches:
         if not self.datasets:
             raise RuntimeError("call setup() before asking for a dataloader")
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        if self.device_cache:
+            device_batches = self._device_batches(split, batch_size, shuffle)
+            if device_batches is not None:
+                return device_batches
         cached = self.pipeline == "cached"
         dataset = self.datasets[split]
         return DataLoader(
@@ -244,13 +263,42 @@ class CelebADataModule(L.LightningDataModule):
             collate_fn=keep_batch if cached else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _device_batches(self, split: str, batch_size: int, shuffle: bool) -> DeviceBatches | None:
+        """``split`` held on the trainer's device (the CPU without a trainer), or None (with a
+        warning) when it would take more than half of the GPU's free memory."""
+        if split in self._device_splits:
+            return self._device_splits[split]
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            raise ConfigError(
+                "data.device_cache=true serves one device; with several (DDP) set "
+                "data.device_cache=false."
+            )
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        dataset = self.datasets[split]
+        assert isinstance(dataset, CachedFaces)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if dataset.images.nbytes > free // 2:
+                rank_zero_warn(
+                    f"data.device_cache: the {split} split ({dataset.images.nbytes / 2**30:.1f} "
+                    f"GiB) would take more than half of the GPU's free memory "
+                    f"({free / 2**30:.1f} GiB); loading it from the host instead."
+                )
+                return None
+        sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
+        images = to_device_in_chunks(dataset.images, device)
+        batches = DeviceBatches(images, dataset.targets, dataset.mask, batch_size, sampler)
+        self._device_splits[split] = batches
+        return batches
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -6,7 +6,7 @@ and ``mask`` is true where a label exists, so the loss and the metrics skip miss
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,63 @@ class EpochShuffle(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self):
+    def permutation(self) -> Tensor:
+        """This epoch's order of the sample indices, as an int64 tensor."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def __iter__(self):
+        return iter(self.permutation().tolist())
+
+
+def to_device_in_chunks(images: np.ndarray, device: torch.device, chunk: int = 4096) -> Tensor:
+    """Copy a (memory-mapped) uint8 array into one tensor on ``device``, ``chunk`` rows at a time,
+    so a split larger than the free host memory never sits in RAM whole on the way to a GPU."""
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), chunk):
+        block = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk]))
+        out[start : start + chunk].copy_(block)
+    return out
+
+
+class DeviceBatches:
+    """A split held on the device as one uint8 tensor, batches gathered there (``data.device_cache``).
+
+    Yields what a DataLoader over :class:`CachedFaces` with the same ``sampler`` and batch
+    size yields (the same samples in the same batches, each batch's indices sorted, images
+    as channels_last NCHW views), but every step is a few device-side gathers: no workers,
+    no host copies, no pinned-memory transfers. ``sampler`` is an :class:`EpochShuffle` (on
+    which Lightning calls ``set_epoch``, as for a DataLoader) or None for the split's order.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        mask: Tensor,
+        batch_size: int,
+        sampler: EpochShuffle | None = None,
+    ) -> None:
+        if not len(images) == len(targets) == len(mask):
+            raise ValueError(f"{len(images)} images but {len(targets)} label rows")
+        self.images = images
+        self.targets = targets.to(images.device)
+        self.mask = mask.to(images.device)
+        self.batch_size = batch_size
+        # read by Lightning as on a DataLoader: set_epoch goes to the sampler every epoch
+        self.sampler = sampler
+        self.batch_sampler = None
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        device = self.images.device
+        if self.sampler is None:
+            order = torch.arange(len(self.images), device=device)
+        else:  # one host-to-device copy per epoch
+            order = self.sampler.permutation().to(device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size].sort().values
+            pixels = self.images.index_select(0, index).permute(0, 3, 1, 2)
+            yield pixels, self.targets.index_select(0, index), self.mask.index_select(0, index)

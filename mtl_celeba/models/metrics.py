@@ -1,49 +1,71 @@
-"""Per-task classification metrics that skip missing labels, built on torchmetrics."""
+"""Per-task classification metrics that skip missing labels (a torchmetrics ``Metric``).
+
+The per-step update is a handful of vectorised tensor ops over all tasks at once and never
+synchronises the host with the device: four masked sums for the confusion counts, and the
+batch's scores appended for AUROC. The epoch-end AUROC is torchmetrics' exact
+``multilabel_auroc`` over the stored scores. (torchmetrics' own ``MultilabelStatScores`` and
+``MultilabelAUROC`` give the same numbers, but their per-step argument formatting cost
+about 1.7 ms per step for 40 tasks on a CPU, as much as a fifth of a small step's time.)
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from torch import Tensor, nn
-from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.classification import multilabel_auroc
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auroc")
 _IGNORE = -1
 
 
-class TaskMetrics(nn.Module):
+class TaskMetrics(Metric):
     """Accuracy, balanced accuracy, F1 and AUROC for each of ``num_tasks`` binary tasks.
 
-    One :class:`MultilabelStatScores` (tp, fp, tn, fn per task) gives the first three; AUROC is
-    exact when ``auroc_thresholds`` is None (the default: an update only stores the batch), or
-    binned on that many thresholds (constant memory, but torchmetrics' binned update
-    synchronises with the GPU). Missing labels (``mask`` false) are ignored.
-    Argument validation is off so updates never synchronise the host with the device.
+    A prediction is positive when its probability exceeds 0.5. Missing labels (``mask``
+    false) are ignored. AUROC is exact: an update stores the batch's probabilities (float32)
+    and labels (int8), 5 bytes per sample and task until :meth:`reset`. Under DDP the
+    counts are summed and the stored scores gathered over the ranks at :meth:`compute`.
     """
 
-    def __init__(self, num_tasks: int, auroc_thresholds: int | None = None) -> None:
+    full_state_update = False
+
+    def __init__(self, num_tasks: int) -> None:
         super().__init__()
-        self.stat_scores = MultilabelStatScores(
-            num_labels=num_tasks, average="none", ignore_index=_IGNORE, validate_args=False
+        self.num_tasks = num_tasks
+        # rows: true positives, false positives, true negatives, false negatives
+        self.add_state(
+            "confusion", torch.zeros(4, num_tasks, dtype=torch.long), dist_reduce_fx="sum"
         )
-        self.auroc = MultilabelAUROC(
-            num_labels=num_tasks,
-            average="none",
-            thresholds=auroc_thresholds,
-            ignore_index=_IGNORE,
-            validate_args=False,
-        )
+        self.add_state("scores", [], dist_reduce_fx="cat")
+        self.add_state("labels", [], dist_reduce_fx="cat")
 
     def update(self, logits: Tensor, targets: Tensor, mask: Tensor) -> None:
         """Add a batch: ``logits``, ``targets`` and ``mask`` all shaped (B, T)."""
         probabilities = torch.sigmoid(logits.detach().float())
-        labels = torch.where(mask, targets.long(), _IGNORE)
-        self.stat_scores.update(probabilities, labels)
-        self.auroc.update(probabilities, labels)
+        predicted = probabilities > 0.5
+        positive = targets > 0.5
+        present = mask.bool()
+        predicted_present = predicted & present
+        missed_present = ~predicted & present
+        self.confusion += torch.stack(
+            [
+                (predicted_present & positive).sum(0),
+                (predicted_present & ~positive).sum(0),
+                (missed_present & ~positive).sum(0),
+                (missed_present & positive).sum(0),
+            ]
+        )
+        self.scores.append(probabilities)
+        self.labels.append(torch.where(present, positive.to(torch.int8), _IGNORE))
 
     def compute(self) -> dict[str, Tensor]:
         """Each metric as a (T,) tensor."""
-        # reshape: with a single task torchmetrics returns squeezed results
-        tp, fp, tn, fn, _ = self.stat_scores.compute().float().reshape(-1, 5).unbind(-1)
+        tp, fp, tn, fn = self.confusion.float().unbind(0)
         positives, negatives = tp + fn, tn + fp
         true_positive_rate = tp / positives.clamp_min(1)
         true_negative_rate = tn / negatives.clamp_min(1)
@@ -57,9 +79,31 @@ class TaskMetrics(nn.Module):
             "accuracy": (tp + tn) / (positives + negatives).clamp_min(1),
             "balanced_accuracy": balanced,
             "f1": 2 * tp / (2 * tp + fp + fn).clamp_min(1),
-            "auroc": self.auroc.compute().float().reshape(-1),
+            "auroc": self._auroc(),
         }
 
-    def reset(self) -> None:
-        self.stat_scores.reset()
-        self.auroc.reset()
+    def _wrap_compute(self, compute: Callable[[], dict[str, Tensor]]) -> Callable[[], Any]:
+        """torchmetrics squeezes one-element results to scalars: keep the task axis."""
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def with_task_axis() -> dict[str, Tensor]:
+            return {name: value.reshape(-1) for name, value in wrapped().items()}
+
+        return with_task_axis
+
+    def _auroc(self) -> Tensor:
+        scores, labels = self.scores, self.labels
+        # after a DDP sync the list states arrive concatenated into one tensor
+        scores = torch.cat(scores) if isinstance(scores, list) else scores
+        labels = torch.cat(labels) if isinstance(labels, list) else labels
+        auroc = multilabel_auroc(
+            scores,
+            labels.long(),
+            num_labels=self.num_tasks,
+            average="none",
+            ignore_index=_IGNORE,
+            validate_args=False,
+        )
+        # with a single task torchmetrics returns a squeezed result
+        return auroc.float().reshape(-1)

@@ -15,6 +15,7 @@ from mtl_celeba.models.backbones import build_backbone
 from mtl_celeba.models.heads import build_heads
 from mtl_celeba.models.loss import masked_task_losses
 from mtl_celeba.models.metrics import METRIC_NAMES, TaskMetrics
+from mtl_celeba.models.optim import build_optimizer
 from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, feature_gramian, find_strategy
 
 Batch = tuple[Tensor, Tensor, Tensor]
@@ -129,7 +130,7 @@ class MultiTaskModule(L.LightningModule):
     @property
     def task_depths(self) -> list[int]:
         """Weight layers on each task's input-to-output path (DST's d_t)."""
-        return [self.backbone.depth + self.heads[task].depth for task in self.tasks]
+        return [self.backbone.depth + self.heads.depths[task] for task in self.tasks]
 
     def features(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) -> the shared representation (B, F) that every head reads."""
@@ -139,11 +140,11 @@ class MultiTaskModule(L.LightningModule):
 
     def head_logits(self, features: Tensor) -> Tensor:
         """Shared features (B, F) -> logits (B, T)."""
-        return torch.stack([self.heads[task](features) for task in self.tasks], dim=1)
+        return self.heads(features)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Images (B, 3, H, W) -> logits (B, T)."""
-        return self.head_logits(self.features(images))
+        """Images (B, 3, H, W) -> logits (B, T): ``self.heads(self.features(images))``."""
+        return self.heads(self.features(images))
 
     def task_losses(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """A batch's per-task summed losses and labelled counts, both (T,) (no metric update)."""
@@ -158,6 +159,9 @@ class MultiTaskModule(L.LightningModule):
         trainable = self.task_strategy.trainable_module()
         if trainable is not None and not hasattr(self, "strategy_state"):
             self.strategy_state = trainable.to(self.device)
+        if self.trainer.strategy.root_device.type == "cuda":
+            # TF32 matmuls for float32 layers (Lightning warns when this is left at "highest")
+            torch.set_float32_matmul_precision("high")
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
             rates = torch.as_tensor(datamodule.positive_rates("train"), dtype=torch.float32)
@@ -189,14 +193,9 @@ class MultiTaskModule(L.LightningModule):
         loss = strategy.combine(TaskStep(task_losses, counts, gramian))
         self.train_loss_sum += loss_sums.detach()
         self.train_label_count += counts.detach()
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch[0].shape[0],
-        )
+        # not on the progress bar: showing a step value there reads it back (a host-device
+        # sync) at every step; the logger reads it every trainer.log_every_n_steps steps
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch[1]))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -267,7 +266,8 @@ class MultiTaskModule(L.LightningModule):
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
         parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = (self.optimizer_factory or torch.optim.Adam)(parameters)
+        cuda = self.trainer.strategy.root_device.type == "cuda" if self._trainer else False
+        optimizer = build_optimizer(self.optimizer_factory, parameters, cuda)
         if self.scheduler_factory is None:
             return optimizer
         return {
