@@ -41,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_open(Path(path), "wb") as handle:
                 handle.write(buffer.getbuffer())
         except OSError as error:
-            disk_full = disk_full_error(error, Path(path).parent)
+            disk_full = disk_full_error(error, Path(path).parent.parent, target=path)
             if disk_full is not None:
                 raise disk_full from None
             raise

@@ -48,20 +48,27 @@ def mount_point(path: str | os.PathLike[str]) -> str:
     return path
 
 
-def disk_full_error(error: BaseException, folder: str | os.PathLike[str]) -> DiskFullError | None:
+def disk_full_error(
+    error: BaseException,
+    folder: str | os.PathLike[str],
+    target: str | os.PathLike[str] | None = None,
+) -> DiskFullError | None:
     """A one-line :class:`DiskFullError` if ``error``, or an error it was raised from or while
-    handling, is "no space left on device"; ``None`` otherwise. ``folder`` is where we wrote."""
+    handling, is "no space left on device"; ``None`` otherwise.
+
+    ``folder`` is the run folder, ``target`` the file being written (if known).
+    """
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in NO_SPACE:
-            where = current.filename or folder
+            where = current.filename or target or folder
             mount = mount_point(where)
-            free = shutil.disk_usage(mount).free / 2**20
+            size = shutil.disk_usage(mount).total / 2**20
             return DiskFullError(
-                f"no space left on {mount} ({free:.0f} MiB free) while writing {where}: "
-                f"free space or point hydra.run.dir elsewhere (the run folder is {folder})."
+                f"no space left on {mount} (a {size:.0f} MiB filesystem) while writing {where}: "
+                f"free space or point hydra.run.dir elsewhere (this run's folder is {folder})."
             )
         current = current.__cause__ or current.__context__
     return None
