@@ -151,7 +151,7 @@ def test_checkpoint_of_other_tasks_or_backbone(tmp_path):
     ):
         check_checkpoint(path, ["Male", "Young"])
     with pytest.raises(
-        ConfigError, match="holds a resnet18 but the config asks for model.backbone=vgg16"
+        ConfigError, match=r"holds a resnet18 but the config asks for model\.backbone=vgg16"
     ):
         check_checkpoint(path, ["Male", "Smiling"], "vgg16")
 
