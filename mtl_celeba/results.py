@@ -76,7 +76,8 @@ def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
     except OSError as error:
         if error.errno not in NO_SPACE or not path.is_file():
             raise
-        short = {k: data[k] for k in ("schema_version", "status", "error", "run_dir") if k in data}
+        short = {k: data[k] for k in ("schema_version", "status", "run_dir") if k in data}
+        short["error"] = str(data.get("error", ""))[:500]
         for record in (data, short):
             if overwrite_in_place(path, json.dumps(record, default=str) + "\n"):
                 return path
