@@ -22,7 +22,6 @@ from mtl_celeba.errors import DiskFullError
 from mtl_celeba.results import write_results
 
 
-
 @pytest.fixture
 def disk_fills_during_checkpoints(monkeypatch):
     """Checkpoint writes stop half-way with ENOSPC, as on a full disk."""
