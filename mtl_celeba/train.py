@@ -111,8 +111,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "config": {},
         "config_hash": config_hash(cfg),
     }
-    write_results(run_dir, results)
     try:
+        write_results(run_dir, results)  # small, first: a full disk still gets a final status
         validate_train_config(cfg)  # fail fast: before the heavy imports
         apply_single_task(cfg)
         ckpt_path = resume_checkpoint(cfg, resumed)
@@ -176,7 +176,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
     finally:
         results["wall_time_s"] = round(time.perf_counter() - started, 2)
-        write_results(run_dir, results)
+        try:
+            write_results(run_dir, results)
+        except OSError as error:
+            raise (disk_full_error(error, run_dir) or error) from None
     return results
 
 

@@ -141,3 +141,18 @@ def test_run_folder_on_a_60mb_filesystem(synthetic_root, tmp_path):
         saved = json.loads((run_dir / "metrics.json").read_text())
         assert saved["status"] == "failed" and "DiskFullError" in saved["error"]
         assert list((run_dir / "checkpoints").iterdir()) == [], "no truncated checkpoint"
+
+
+def test_disk_full_from_the_start_is_one_line(compose_train, tmp_path, monkeypatch):
+    from mtl_celeba.train import train
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run_dir = tmp_path / "run"
+    cfg = compose_train(run_dir=run_dir)
+    monkeypatch.setattr(results, "write_json_atomic", full)
+    with pytest.raises(DiskFullError) as caught:
+        train(cfg, run_dir)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert "no space left on" in str(caught.value) and str(run_dir) in str(caught.value)
