@@ -27,7 +27,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from mtl_celeba.checkpoints import config_hash, find_resumable_run
 from mtl_celeba.config import CONFIG_DIR
@@ -69,14 +69,17 @@ def composition_error(error: Exception) -> ConfigError:
             f"{group}={option}: no such option in the {group} group.{did_you_mean(option, error.options)}"
             f" Options: {', '.join(error.options)}."
         )
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and getattr(
+        cause, "full_key", None
+    ):
         return unknown_key_error(str(cause.full_key), getattr(cause, "parent_node", None))
     if isinstance(error, OverrideParseException):
         return ConfigError(
-            f"cannot parse the command line: {one_line(error)} (quote values with spaces or "
-            "brackets, e.g. 'data.attributes=[Male,Smiling]')"
+            f"cannot parse the command line: {one_line(str(error)).split(' See https')[0]} "
+            "(quote values with spaces or brackets, e.g. 'data.attributes=[Male,Smiling]')"
         )
-    return ConfigError(one_line(error))
+    reason = f" {str(cause).splitlines()[0]}" if isinstance(cause, OmegaConfBaseException) else ""
+    return ConfigError(one_line(str(error)) + reason)
 
 
 def check_group_choices(cfg: DictConfig) -> None:
