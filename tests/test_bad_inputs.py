@@ -75,7 +75,8 @@ def test_bad_values_fail_before_the_run(overrides, expected):
             ["-m", "data.imagesiz=32,64"],
             "data.imagesiz is not a config key. Did you mean data.image_size?",
         ),
-        (["data.attributes=[Male"], "cannot parse the command line"),
+        (["data.attributes=[Male"], "cannot parse the command line: no viable alternative"),
+        (["hydra.job.chdir=abc"], "hydra.job.chdir=abc Value 'abc' is not a valid bool"),
     ],
 )
 def test_unknown_keys_and_options_say_did_you_mean(overrides, expected):
