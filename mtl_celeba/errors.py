@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -25,6 +28,50 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A config key has a value that cannot work."""
+
+
+class DiskFullError(UserError):
+    """A write failed because the disk (or the user's quota) is full."""
+
+
+#: errno values that mean "no space left".
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def mount_point(path: str | os.PathLike[str]) -> str:
+    """The mount point of the filesystem holding ``path`` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def disk_full_error(
+    error: BaseException,
+    folder: str | os.PathLike[str],
+    target: str | os.PathLike[str] | None = None,
+) -> DiskFullError | None:
+    """A one-line :class:`DiskFullError` if ``error``, or an error it was raised from or while
+    handling, is "no space left on device"; ``None`` otherwise.
+
+    ``folder`` is the run folder, ``target`` the file being written (if known).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in NO_SPACE:
+            where = current.filename or target or folder
+            mount = mount_point(where)
+            size = shutil.disk_usage(mount).total / 2**20
+            return DiskFullError(
+                f"no space left on {mount} (a {size:.0f} MiB filesystem) while writing {where}: "
+                f"free space or point hydra.run.dir elsewhere (this run's folder is {folder})."
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def exit_on_user_error(func: Callable[P, R]) -> Callable[P, R]:

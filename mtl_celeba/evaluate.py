@@ -1,4 +1,8 @@
-"""``mtl-eval``: evaluate a checkpoint on the test (or val) split and write metrics.json."""
+"""``mtl-eval``: evaluate a checkpoint on the test (or val) split and write metrics.json.
+
+As in ``mtl-train``, torch and Lightning are imported after the config and the checkpoint
+are checked, so mistakes fail in seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_celeba.config import CONFIG_DIR, instantiate
+from mtl_celeba.checkpoints import check_checkpoint
+from mtl_celeba.cli import hydra_entry
+from mtl_celeba.config import instantiate
 from mtl_celeba.errors import ConfigError, UserError
-from mtl_celeba.models.module import MultiTaskModule
 from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
+from mtl_celeba.validate import validate_data_config, validate_eval_config
 
 
 def training_config(checkpoint: Path) -> DictConfig:
@@ -31,17 +35,20 @@ def training_config(checkpoint: Path) -> DictConfig:
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the results written to run_dir."""
     started = time.perf_counter()
+    validate_eval_config(cfg)
     checkpoint = Path(cfg.ckpt_path)
-    if not checkpoint.is_file():
-        raise ConfigError(
-            f"ckpt_path {checkpoint} does not exist: pass a .ckpt file from a run's checkpoints/ folder."
-        )
-    if cfg.split not in ("val", "test"):
-        raise ConfigError(f"split is {cfg.split!r}: use split=test or split=val.")
+    check_checkpoint(checkpoint)  # missing, truncated or not a checkpoint: one line
     train_cfg = training_config(checkpoint)
     data_cfg = OmegaConf.merge(train_cfg.data, cfg.data)
     OmegaConf.set_struct(train_cfg, False)
     train_cfg.data = data_cfg
+    validate_data_config(data_cfg)
+    check_checkpoint(checkpoint, list(train_cfg.data.attributes))  # its run's data
+
+    import lightning as L
+
+    from mtl_celeba.models.module import MultiTaskModule
+
     datamodule = instantiate(train_cfg.data)
     # weights=None: the checkpoint holds the trained weights; never download pretrained ones here
     model = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu", weights=None)
@@ -65,7 +72,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra_entry("eval", validate_eval_config)
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``mtl-eval``."""
     from hydra.core.hydra_config import HydraConfig

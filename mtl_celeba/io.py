@@ -34,6 +34,26 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
+def overwrite_in_place(path: str | Path, text: str) -> bool:
+    """Overwrite an existing small file in place; for when the disk is full.
+
+    An atomic write needs room for a second copy; overwriting blocks the file already owns
+    (and truncating it) needs none on ordinary filesystems. Not atomic, so only a last
+    resort. Returns False if ``text`` is longer than the space the file holds.
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    allocated = path.stat().st_blocks * 512
+    if len(data) > max(allocated, path.stat().st_size):
+        return False
+    with open(path, "r+b") as handle:
+        handle.write(data)
+        handle.truncate(len(data))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

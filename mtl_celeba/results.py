@@ -3,18 +3,25 @@
 ``metrics.json`` is what ``mtl-report`` reads; its fields are documented in the README.
 It is written atomically at the start (status ``running``), and again at the end
 (``completed`` or ``failed`` with the error), so a sweep folder always says how each run went.
+On a full disk the final status overwrites the small start file in place (which needs no
+free space), so a run that failed for lack of space still says ``failed``.
+
+pandas and the metric names (torch) are imported where used: the entry points import this
+module before they validate the config, which must take a second, not half a minute.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from mtl_celeba.errors import NO_SPACE
+from mtl_celeba.io import overwrite_in_place, write_json_atomic
 
-from mtl_celeba.io import write_json_atomic
-from mtl_celeba.models.metrics import METRIC_NAMES
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULTS_FILE = "metrics.json"
 SCHEMA_VERSION = 1
@@ -22,6 +29,8 @@ SCHEMA_VERSION = 1
 
 def split_results(tasks: Sequence[str], values: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """``{metric: [per task]}`` -> ``{"per_task": {task: {metric: v}}, "mean": {metric: v}}``."""
+    from mtl_celeba.models.metrics import METRIC_NAMES
+
     per_task = {
         task: {name: float(values[name][i]) for name in METRIC_NAMES}
         for i, task in enumerate(tasks)
@@ -55,14 +64,33 @@ def evaluation_results(model: Any, datamodule: Any) -> dict[str, Any]:
 
 
 def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``results`` as the run's ``metrics.json``, atomically; returns the path."""
+    """Write ``results`` as the run's ``metrics.json``, atomically; returns the path.
+
+    If the disk is full, a final status is written in place over the existing file: all of
+    ``results`` if it fits in the space the file holds, else its status, error and run folder.
+    """
     path = Path(run_dir) / RESULTS_FILE
-    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **results})
+    data = {"schema_version": SCHEMA_VERSION, **results}
+    try:
+        write_json_atomic(path, data)
+    except OSError as error:
+        if error.errno not in NO_SPACE or not path.is_file():
+            raise
+        short = {k: data[k] for k in ("schema_version", "status", "run_dir") if k in data}
+        short["error"] = str(data.get("error", ""))[:500]
+        for record in (data, short):
+            if overwrite_in_place(path, json.dumps(record, default=str) + "\n"):
+                return path
+        raise
     return path
 
 
 def results_table(results: Mapping[str, Any], split: str = "test") -> pd.DataFrame:
     """Per-task metrics of ``split`` with the majority-class baseline (and DST drop rates) + overall row."""
+    import pandas as pd
+
+    from mtl_celeba.models.metrics import METRIC_NAMES
+
     per_task = results[split]["per_task"]
     table = pd.DataFrame.from_dict(per_task, orient="index")[list(METRIC_NAMES)]
     table["majority"] = pd.Series(results.get("majority_accuracy", {}))

@@ -1,4 +1,8 @@
-"""``mtl-train``: compose a Hydra config, train, test the best checkpoint, write metrics.json."""
+"""``mtl-train``: compose a Hydra config, train, test the best checkpoint, write metrics.json.
+
+torch and Lightning are imported inside :func:`train`, after the config is validated: a
+config mistake then fails in about a second instead of after the 20-30 s imports.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,21 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
-import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, open_dict
 
-from mtl_celeba.config import CONFIG_DIR, hydra_choices, instantiate, is_multirun
-from mtl_celeba.dashboard import add_task_curves_layout
+from mtl_celeba.checkpoints import auto_resume_checkpoint, check_checkpoint, config_hash
+from mtl_celeba.cli import hydra_entry
+from mtl_celeba.config import hydra_choices, instantiate, is_multirun
 from mtl_celeba.data.attributes import resolve_attributes
-from mtl_celeba.errors import ConfigError, UserError
+from mtl_celeba.errors import ConfigError, UserError, disk_full_error
 from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
-from mtl_celeba.scheduling.strategy import TaskStrategy
+from mtl_celeba.validate import validate_train_config
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +79,54 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
+    """Check the checkpoint to start from (``resume=auto``'s or ``ckpt_path``), if any, on the
+    CPU and before the model is built: one line for a missing, corrupt or mismatched file."""
+    path = resumed or cfg.get("ckpt_path")
+    if not path:
+        return None
+    info = check_checkpoint(path, list(cfg.data.attributes), cfg.model.get("backbone"))
+    max_epochs = cfg.trainer.max_epochs
+    if resumed is not None:
+        print(
+            f"resume=auto: resuming {resumed.parent.parent} from {resumed.name} "
+            f"({info['epochs_done']} of {max_epochs} epochs done)"
+        )
+    elif info["epochs_done"] >= max_epochs:
+        raise ConfigError(
+            f"ckpt_path {path} has already trained {info['epochs_done']} epochs and "
+            f"trainer.max_epochs is {max_epochs}: raise trainer.max_epochs to continue, or "
+            "test it with mtl-eval ckpt_path=..."
+        )
+    return str(path)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
     started = time.perf_counter()
-    results: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "config": {}}
-    write_results(run_dir, results)
+    resumed = auto_resume_checkpoint(cfg, run_dir)  # before metrics.json is rewritten below
+    results: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run_dir),
+        "config": {},
+        "config_hash": config_hash(cfg),
+    }
     try:
+        write_results(run_dir, results)  # small, first: a full disk still gets a final status
+        validate_train_config(cfg)  # fail fast: before the heavy imports
         apply_single_task(cfg)
+        ckpt_path = resume_checkpoint(cfg, resumed)
+        if ckpt_path:
+            results["resumed_from"] = ckpt_path
         results["config"] = run_config(cfg)
+
+        import lightning as L
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from mtl_celeba.dashboard import add_task_curves_layout
+        from mtl_celeba.scheduling.strategy import TaskStrategy
+
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
@@ -93,7 +138,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if isinstance(logger, TensorBoardLogger):
                 add_task_curves_layout(logger)
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # before validate/test, which restore the callbacks' state from the best checkpoint
         schedules = [c.results_summary() for c in callbacks if isinstance(c, TaskStrategy)]
         checkpoint = next(
@@ -123,11 +168,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if schedules:
             results["schedule"] = schedules[0]
     except BaseException as error:
-        results.update(status="failed", error=f"{type(error).__name__}: {error}")
+        disk_full = disk_full_error(error, run_dir)
+        failure = disk_full or error
+        results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
+        if disk_full is not None:
+            raise disk_full from None
         raise
     finally:
         results["wall_time_s"] = round(time.perf_counter() - started, 2)
-        write_results(run_dir, results)
+        try:
+            write_results(run_dir, results)
+        except OSError as error:
+            raise (disk_full_error(error, run_dir) or error) from None
     return results
 
 
@@ -141,18 +193,20 @@ def torch_load_epoch(checkpoint_path: str) -> int:
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     """The final console table, the run folder and how to open TensorBoard."""
     if results.get("test"):
-        print(
-            "\nTest metrics (best checkpoint"
-            + (f", epoch {results['best_epoch']}" if results.get("best_epoch") is not None else "")
-            + "):"
-        )
+        if results.get("best_checkpoint"):
+            epoch = results.get("best_epoch")
+            print(
+                f"\nTest metrics (best checkpoint{f', epoch {epoch}' if epoch is not None else ''}):"
+            )
+        else:  # e.g. debug=fast (fast_dev_run), which writes no checkpoint
+            print("\nTest metrics (final weights: no checkpoint was written):")
         print(format_table(results_table(results, "test")))
     print(f"\nRun folder: {run_dir}")
     print(f"Results:    {run_dir / 'metrics.json'}")
     print(f"TensorBoard: tensorboard --logdir {run_dir}")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra_entry("train", validate_train_config)
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the mean test accuracy (for sweepers that optimise it)."""
     from hydra.core.hydra_config import HydraConfig

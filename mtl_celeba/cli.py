@@ -1,0 +1,234 @@
+"""``@hydra.main`` for mtl-train and mtl-eval, with a one-second check of the command line first.
+
+Before Hydra runs the task (and before torch and Lightning are imported, 20-30 s on a
+small CPU), :func:`preflight` composes the config from the command line with Hydra's own
+machinery and turns every mistake into one line and exit status 2:
+
+- an unknown key (``data.imagesize=32``) or group option (``model=resnet19``), with a
+  did-you-mean over the keys of that config node or the group's options; an
+  ``experiment=``/``debug=`` option that does not exist (Hydra skips optional groups silently);
+- an override Hydra cannot parse;
+- a bad value (:mod:`mtl_celeba.validate`);
+- and, for ``resume=auto``, it finds the unfinished run to continue and points
+  ``hydra.run.dir`` at it (see :mod:`mtl_celeba.checkpoints`).
+
+Anything unusual on the command line (``--help``, ``--config-dir``, ...) skips the check and
+Hydra proceeds as usual.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from mtl_celeba.checkpoints import config_hash, find_resumable_run
+from mtl_celeba.config import CONFIG_DIR
+from mtl_celeba.errors import ConfigError, UserError
+
+VERSION_BASE = "1.3"
+
+
+def did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    """`` Did you mean X?`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def unknown_key_error(key: str, parent: Any) -> ConfigError:
+    """``a.b`` is not a key, with a did-you-mean over the keys of node ``a``."""
+    prefix, _, name = key.rpartition(".")
+    keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    hint = f" Did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
+    return ConfigError(
+        f"{key} is not a config key.{hint} (To add a new key on purpose, write +{key}=...)"
+    )
+
+
+def composition_error(error: Exception) -> ConfigError:
+    """Hydra's multi-line composition error as one :class:`ConfigError` line."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        missing = str(error.missing_cfg_file or "")
+        group, _, option = missing.rpartition("/")
+        return ConfigError(
+            f"{group}={option}: no such option in the {group} group.{did_you_mean(option, error.options)}"
+            f" Options: {', '.join(error.options)}."
+        )
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and getattr(
+        cause, "full_key", None
+    ):
+        return unknown_key_error(str(cause.full_key), getattr(cause, "parent_node", None))
+    if isinstance(error, OverrideParseException):
+        return ConfigError(
+            f"cannot parse the command line: {one_line(str(error)).split(' See https')[0]} "
+            "(quote values with spaces or brackets, e.g. 'data.attributes=[Male,Smiling]')"
+        )
+    reason = f" {str(cause).splitlines()[0]}" if isinstance(cause, OmegaConfBaseException) else ""
+    return ConfigError(one_line(str(error)) + reason)
+
+
+def check_group_choices(cfg: DictConfig) -> None:
+    """A chosen option of an optional group (experiment, debug) that does not exist."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    for group, choice in choices(cfg).items():
+        if choice is None or group.startswith("hydra/") or not isinstance(choice, str):
+            continue
+        options = loader.get_group_options(group)
+        if options and choice not in options:
+            raise ConfigError(
+                f"{group}={choice}: no such option in the {group} group."
+                f"{did_you_mean(choice, options)} Options: {', '.join(options)}."
+            )
+
+
+def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """The config Hydra will run, composed as for a multirun (sweep values left out)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
+            try:
+                cfg = GlobalHydra.instance().hydra.compose_config(  # type: ignore[union-attr]
+                    config_name,
+                    list(overrides),
+                    run_mode=RunMode.MULTIRUN,
+                    validate_sweep_overrides=False,
+                )
+            except (HydraException, OmegaConfBaseException) as error:
+                raise composition_error(error) from None
+            check_group_choices(cfg)
+            check_sweep_keys(cfg, overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def check_sweep_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Keys of sweep overrides (``a.b=1,2``) exist: a multirun composes them only per job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override() or override.is_add() or override.is_force_add():
+            continue
+        key = override.key_or_group
+        if "/" in key or key.startswith("hydra.") or OmegaConf.select(cfg, key) is not None:
+            continue
+        prefix, _, name = key.rpartition(".")
+        parent = OmegaConf.select(cfg, prefix) if prefix else cfg
+        if isinstance(parent, DictConfig) and name not in parent and key not in choices(cfg):
+            raise unknown_key_error(key, parent)
+
+
+def choices(cfg: DictConfig) -> dict[str, Any]:
+    """The config-group choices of the composed config (``{group: option}``)."""
+    return dict(OmegaConf.to_container(cfg.hydra.runtime.choices))  # type: ignore[arg-type]
+
+
+def runs_folder(cfg: DictConfig) -> Path | None:
+    """Where this command's run folders go (the parent of ``hydra.run.dir``)."""
+    try:
+        return Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).parent
+    except OmegaConfBaseException:
+        return None
+
+
+def resume_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """``resume=auto`` in a single run: ``hydra.run.dir=RUN`` for the run to continue, if any."""
+    if cfg.get("resume") != "auto" or cfg.get("ckpt_path"):
+        return []
+    if any(o.lstrip("+~").startswith("hydra.run.dir=") for o in overrides):
+        return []  # an explicit folder: train() resumes in it if it holds an unfinished run
+    folder = runs_folder(cfg)
+    run = find_resumable_run(folder, config_hash(cfg)) if folder else None
+    if run is None:
+        print(
+            f"resume=auto: no unfinished run of this configuration in {folder}; "
+            "training from scratch."
+        )
+        return []
+    quoted = str(run).replace("\\", "\\\\").replace("'", "\\'")
+    return [f"hydra.run.dir='{quoted}'"]
+
+
+def preflight(
+    config_name: str, argv: Sequence[str], validate: Callable[[DictConfig], None]
+) -> list[str]:
+    """Check the command line ``argv`` before Hydra runs; returns overrides to append.
+
+    Raises :class:`ConfigError` (one line) for any mistake found.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return []  # argparse already printed its usage error; let Hydra repeat it
+    unusual = (
+        args.help
+        or args.hydra_help
+        or args.info
+        or args.shell_completion
+        or args.config_path
+        or args.config_dir
+        or args.experimental_rerun
+    )
+    if unusual:
+        return []
+    name = args.config_name or config_name
+    cfg = compose(name, args.overrides)
+    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    validate(task_cfg)
+    from hydra.types import RunMode
+
+    multirun = args.multirun or cfg.hydra.mode == RunMode.MULTIRUN
+    if multirun or args.cfg:
+        return []
+    return resume_overrides(cfg, args.overrides)
+
+
+def hydra_entry(
+    config_name: str, validate: Callable[[DictConfig], None]
+) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """``@hydra.main(config_name=...)`` on conf/, preceded by :func:`preflight`."""
+
+    def decorator(task_function: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        hydra_main = hydra.main(
+            version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name=config_name
+        )(task_function)
+
+        @functools.wraps(task_function)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is not None:
+                return hydra_main(cfg_passthrough)
+            try:
+                extra = preflight(config_name, sys.argv[1:], validate)
+            except UserError as error:
+                print(f"error: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
+            sys.argv.extend(extra)
+            return hydra_main()
+
+        return main
+
+    return decorator

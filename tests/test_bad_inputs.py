@@ -1,0 +1,258 @@
+"""Bad inputs end with one line naming the key or file and the fix (exit 2), and fail fast.
+
+Issue 13 item 8: each case a new user tried that ended in a traceback (or, for
+``trainer.max_epochs=0``, in a "completed" run that trained nothing).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mtl_celeba.checkpoints import check_checkpoint
+from mtl_celeba.cli import preflight
+from mtl_celeba.config import PROJECT_ROOT
+from mtl_celeba.errors import ConfigError
+from mtl_celeba.validate import validate_eval_config, validate_train_config
+
+
+def train_error(*overrides: str) -> str:
+    """The one-line error of ``mtl-train OVERRIDES`` found before Hydra runs the job."""
+    with pytest.raises(ConfigError) as caught:
+        preflight("train", list(overrides), validate_train_config)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.image_size=abc"], "data.image_size is 'abc': use an integer >= 16"),
+        (["data.image_size=8"], "data.image_size is 8"),
+        (["data.image_size=32.5"], "data.image_size is 32.5"),
+        (["data.batch_size=0"], "data.batch_size is 0: use an integer >= 1"),
+        (["data.batch_size=true"], "data.batch_size is True"),
+        (["data.eval_batch_size=0"], "data.eval_batch_size is 0"),
+        (["data.num_workers=-1"], "data.num_workers is -1: use an integer >= 0"),
+        (["data.cache_workers=0"], "data.cache_workers is 0"),
+        (["seed=-1"], "seed is -1: use an integer in [0, 2**32)"),
+        ([f"seed={2**32}"], f"seed is {2**32}"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs is 0: use an integer >= 1"),
+        (["trainer.min_epochs=5", "trainer.max_epochs=2"], "trainer.min_epochs (5) is above"),
+        (["model.optimizer.lr=0"], "model.optimizer.lr is 0: use a number > 0"),
+        (["model.head_dropout=1.5"], "model.head_dropout is 1.5"),
+        (["resume=yes"], "resume is 'yes': use auto or null"),
+    ],
+)
+def test_bad_values_fail_before_the_run(overrides, expected):
+    assert expected in train_error(*overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["data.imagesize=32"],
+            "data.imagesize is not a config key. Did you mean data.image_size?",
+        ),
+        (["trainer.max_epoch=3"], "Did you mean trainer.max_epochs?"),
+        (["modle=vgg16"], "modle is not a config key. Did you mean model?"),
+        (
+            ["model=resnet19"],
+            "model=resnet19: no such option in the model group. Did you mean resnet18?",
+        ),
+        (["experiment=dst_vs_baseline"], "Did you mean dst_vs_baselines?"),
+        (["debug=fats"], "debug=fats: no such option"),
+        (["hydra/launcher=gpupool"], "Did you mean gpu_pool?"),
+        (
+            ["-m", "data.imagesiz=32,64"],
+            "data.imagesiz is not a config key. Did you mean data.image_size?",
+        ),
+        (["data.attributes=[Male"], "cannot parse the command line: no viable alternative"),
+        (["hydra.job.chdir=abc"], "hydra.job.chdir=abc Value 'abc' is not a valid bool"),
+    ],
+)
+def test_unknown_keys_and_options_say_did_you_mean(overrides, expected):
+    assert expected in train_error(*overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["-m", "seed=0,1", "model=resnet18,vgg16"],
+        ["experiment=dst_vs_baselines"],
+        ["data=celeba", "data.root=/some/copy", "data.image_size=64"],
+        ["debug=fast", "trainer=cpu", "data.attributes=[Male,Smiling]"],
+    ],
+)
+def test_valid_command_lines_pass(overrides):
+    assert preflight("train", overrides, validate_train_config) == []
+
+
+def test_mtl_eval_without_ckpt_path_and_with_a_bad_split():
+    with pytest.raises(ConfigError, match="mtl-eval needs a checkpoint: pass ckpt_path="):
+        preflight("eval", [], validate_eval_config)
+    with pytest.raises(ConfigError, match="split is 'train': use val or test"):
+        preflight("eval", ["ckpt_path=x.ckpt", "split=train"], validate_eval_config)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def fake_checkpoint(path: Path, tasks=("Male", "Smiling"), epoch: int = 1) -> Path:
+    """A file shaped like mtl-train's checkpoints (what the checks read), saved by torch."""
+    torch.save(
+        {
+            "epoch": epoch,
+            "state_dict": {"heads.Male.weight": torch.zeros(2, 2)},
+            "hyper_parameters": {"tasks": list(tasks), "backbone": "resnet18"},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p, "does not exist"),
+        (lambda p: (p.mkdir(), p)[1], "is a folder"),
+        (lambda p: (p.write_bytes(b""), p)[1], "is not a readable checkpoint"),
+        (lambda p: (p.write_bytes(bytes(range(256)) * 64), p)[1], "is not a readable checkpoint"),
+        (
+            lambda p: (p.write_bytes(fake_checkpoint(p).read_bytes()[:300]), p)[1],
+            "is not a readable checkpoint (truncated",
+        ),
+        (lambda p: (torch.save(torch.ones(3), p), p)[1], "is a PyTorch file but not a checkpoint"),
+    ],
+    ids=["missing", "folder", "empty", "random", "truncated", "tensor"],
+)
+def test_unreadable_checkpoints_are_one_line(tmp_path, make, expected):
+    path = make(tmp_path / "epoch001.ckpt")
+    with pytest.raises(ConfigError) as caught:
+        check_checkpoint(path, ["Male", "Smiling"])
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_checkpoint_of_other_tasks_or_backbone(tmp_path):
+    path = fake_checkpoint(tmp_path / "last.ckpt")
+    assert check_checkpoint(path, ["Male", "Smiling"], "resnet18")["epochs_done"] == 2
+    with pytest.raises(
+        ConfigError,
+        match=r"trained on tasks \['Male', 'Smiling'\] but the config asks for \['Male', 'Young'\]",
+    ):
+        check_checkpoint(path, ["Male", "Young"])
+    with pytest.raises(
+        ConfigError, match=r"holds a resnet18 but the config asks for model\.backbone=vgg16"
+    ):
+        check_checkpoint(path, ["Male", "Smiling"], "vgg16")
+
+
+# ---------------------------------------------------------------- through train() and evaluate()
+
+
+def test_train_records_config_and_checkpoint_errors(compose_train, tmp_path):
+    from mtl_celeba.checkpoints import read_status
+    from mtl_celeba.train import train
+
+    cases = {
+        "abc": (["data.image_size=abc"], "data.image_size is 'abc'"),
+        "epochs": (["trainer.max_epochs=0"], "trainer.max_epochs is 0"),
+        "missing": ([f"ckpt_path={tmp_path / 'nope.ckpt'}"], "does not exist"),
+        "tasks": (
+            [
+                "data.attributes=[Male,Young]",
+                f"ckpt_path={fake_checkpoint(tmp_path / 'other.ckpt')}",
+            ],
+            "was trained on tasks ['Male', 'Smiling'] but the config asks for ['Male', 'Young']",
+        ),
+        "done": (
+            [
+                "data.attributes=[Male,Smiling]",
+                "trainer.max_epochs=2",
+                f"ckpt_path={fake_checkpoint(tmp_path / 'done.ckpt', epoch=1)}",
+            ],
+            "has already trained 2 epochs and trainer.max_epochs is 2",
+        ),
+    }
+    for name, (overrides, expected) in cases.items():
+        run_dir = tmp_path / name
+        with pytest.raises(ConfigError) as caught:
+            train(compose_train(overrides, run_dir=run_dir), run_dir)
+        assert expected in str(caught.value), name
+        status = read_status(run_dir)
+        assert status["status"] == "failed" and expected in status["error"], name
+
+
+def write_run_folder(run_dir: Path, compose_train) -> None:
+    """A run folder as mtl-train leaves it: .hydra/config.yaml (the checkpoint itself is the test's)."""
+    cfg = compose_train(["data.attributes=[Male,Smiling]"], run_dir=run_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    OmegaConf.save(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+        run_dir / ".hydra" / "config.yaml",
+    )
+
+
+def test_eval_of_a_corrupt_checkpoint_in_a_run_folder(compose_train, tmp_path):
+    from mtl_celeba.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    write_run_folder(run_dir, compose_train)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(b"PK\x03\x04 not really a zip")
+    eval_cfg = compose_train(
+        [f"ckpt_path={checkpoint}"], run_dir=tmp_path / "eval", config_name="eval"
+    )
+    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        evaluate(eval_cfg, tmp_path / "eval")
+    # a checkpoint whose tasks disagree with its run folder's config
+    fake_checkpoint(checkpoint, tasks=("Young",))
+    with pytest.raises(ConfigError, match=r"trained on tasks \['Young'\]"):
+        evaluate(eval_cfg, tmp_path / "eval")
+
+
+# ---------------------------------------------------------------- real command lines
+
+
+def run_cli(module: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
+    """Run an entry point; stdout's last line says whether Lightning was ever imported."""
+    code = textwrap.dedent(
+        f"""
+        import atexit, runpy, sys
+        atexit.register(lambda: print("lightning imported:", "lightning" in sys.modules))
+        sys.argv = ["{module}", *{list(args)!r}]
+        runpy.run_module("{module}", run_name="__main__")
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "expected"),
+    [
+        ("mtl_celeba.train", ["data.image_size=abc"], "error: data.image_size is 'abc'"),
+        ("mtl_celeba.train", ["data.imagesize=32"], "Did you mean data.image_size?"),
+        ("mtl_celeba.train", ["seed=-1"], "error: seed is -1"),
+        ("mtl_celeba.evaluate", [], "error: mtl-eval needs a checkpoint"),
+    ],
+)
+def test_cli_fails_fast_with_one_line(tmp_path, module, args, expected):
+    done = run_cli(module, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert expected in done.stderr
+    assert done.stdout.strip().endswith("lightning imported: False"), "validated before importing"
+    assert not (tmp_path / "run").exists(), "a config mistake leaves no run folder behind"

@@ -1,0 +1,146 @@
+"""``resume=auto``: which run it continues, and a real SIGKILL mid-training then resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mtl_celeba.checkpoints import auto_resume_checkpoint, config_hash, find_resumable_run
+from mtl_celeba.cli import compose, preflight
+from mtl_celeba.config import PROJECT_ROOT
+from mtl_celeba.validate import validate_train_config
+
+
+def fake_run(runs: Path, name: str, cfg_hash: str, status: str, checkpoint: bool = True) -> Path:
+    run = runs / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"status": status, "config_hash": cfg_hash}))
+    if checkpoint:
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    return run
+
+
+def test_finds_the_latest_unfinished_run_of_the_same_configuration(tmp_path):
+    runs = tmp_path / "runs"
+    assert find_resumable_run(runs, "h") is None  # no folder yet
+    fake_run(runs, "a", "h", "running")
+    newest = fake_run(runs, "b", "h", "failed")
+    fake_run(runs, "c", "h", "completed")  # finished: nothing to resume
+    fake_run(runs, "d", "other", "running")  # another configuration
+    fake_run(runs, "e", "h", "running", checkpoint=False)  # died before its first epoch ended
+    os.utime(runs / "a" / "checkpoints" / "last.ckpt", (1, 1))
+    assert find_resumable_run(runs, "h") == newest
+
+
+def test_same_configuration_ignores_only_where_to_start_from():
+    base = compose("train", ["seed=1"])
+    assert config_hash(base) == config_hash(compose("train", ["seed=1", "resume=auto"]))
+    assert config_hash(base) == config_hash(compose("train", ["seed=1", "ckpt_path=/x.ckpt"]))
+    assert config_hash(base) == config_hash(compose("train", ["seed=1", "hydra.run.dir=/x"]))
+    assert config_hash(base) != config_hash(compose("train", ["seed=2"]))
+    assert config_hash(base) != config_hash(compose("train", ["seed=1", "trainer.max_epochs=5"]))
+
+
+def test_preflight_points_hydra_at_the_run_to_continue(tmp_path, capsys):
+    overrides = [f"paths.root_dir={tmp_path}", "resume=auto"]
+    cfg = compose("train", overrides)
+    runs = tmp_path / "outputs" / "train" / "runs"
+    assert preflight("train", overrides, validate_train_config) == []
+    assert "no unfinished run of this configuration" in capsys.readouterr().out
+    run = fake_run(runs, "2026-01-01_00-00-00", config_hash(cfg), "running")
+    assert preflight("train", overrides, validate_train_config) == [f"hydra.run.dir='{run}'"]
+    # an explicit folder, a sweep or an explicit checkpoint: no search
+    assert preflight("train", [*overrides, f"hydra.run.dir={run}"], validate_train_config) == []
+    assert preflight("train", [*overrides, "-m", "seed=0,1"], validate_train_config) == []
+    assert preflight("train", [*overrides, "ckpt_path=/x.ckpt"], validate_train_config) == []
+
+
+def test_auto_resume_inside_the_run_folder(tmp_path):
+    cfg = OmegaConf.create({"seed": 0, "resume": "auto", "ckpt_path": None})
+    run = fake_run(tmp_path, "run", config_hash(cfg), "running")
+    assert auto_resume_checkpoint(cfg, run) == run / "checkpoints" / "last.ckpt"
+    assert auto_resume_checkpoint(OmegaConf.merge(cfg, {"resume": None}), run) is None
+    assert auto_resume_checkpoint(OmegaConf.merge(cfg, {"seed": 1}), run) is None
+    (run / "metrics.json").write_text(
+        json.dumps({"status": "completed", "config_hash": config_hash(cfg)})
+    )
+    assert auto_resume_checkpoint(cfg, run) is None
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_run(
+    synthetic_root, tmp_path
+):
+    args = [
+        f"data.root={synthetic_root}",
+        "data.num_images=400",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=32",
+        "data.batch_size=32",
+        "data.eval_batch_size=128",
+        "data.cache_workers=1",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "model.head_hidden=[16]",
+        "strategy=dst",
+        "seed=1",
+    ]
+    command = [sys.executable, "-m", "mtl_celeba.train", *args]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*command, *extra], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    reference_dir = tmp_path / "reference"
+    run(f"hydra.run.dir={reference_dir}")
+    reference = json.loads((reference_dir / "metrics.json").read_text())
+
+    # the same configuration with resume=auto; its runs go to ROOT/outputs/train/runs/<time>
+    auto = [f"paths.root_dir={tmp_path / 'project'}", "resume=auto"]
+    runs = tmp_path / "project" / "outputs" / "train" / "runs"
+    process = subprocess.Popen(
+        [*command, *auto],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 1800
+    while not list(runs.glob("*/checkpoints/last.ckpt")):  # epoch 1 ended: epoch 2 starts
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended early"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    first_output = process.communicate()[0]
+    assert "resume=auto: no unfinished run of this configuration" in first_output
+    (killed,) = runs.iterdir()
+    assert json.loads((killed / "metrics.json").read_text())["status"] == "running"
+    state = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0, "killed during the second epoch"
+
+    done = run(*auto)
+    assert f"resume=auto: resuming {killed} from last.ckpt (1 of 2 epochs done)" in done.stdout
+    assert list(runs.iterdir()) == [killed], "the run continues in its own folder"
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from"] == str(killed / "checkpoints" / "last.ckpt")
+    for key in ("test", "val", "best_epoch", "epochs_trained", "schedule"):
+        assert resumed[key] == reference[key], key
+    assert (killed / "dst_history.csv").read_text() == (
+        reference_dir / "dst_history.csv"
+    ).read_text()
+    leftovers = [p.name for p in (killed / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
+    assert leftovers == [], "no temporary checkpoint files are left"
