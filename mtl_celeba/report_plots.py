@@ -36,11 +36,12 @@ def colours_for(labels: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def _save(figure: Figure, path: Path) -> None:
-    """Render ``figure`` to PNG with Agg (no pyplot, no display) and write it atomically."""
+def save_figure(figure: Figure, path: Path, dpi: int = 120) -> None:
+    """Render ``figure`` to PNG with Agg (no pyplot, no display) and write it atomically:
+    to a temporary file in the same folder, renamed onto ``path`` once complete."""
     FigureCanvasAgg(figure)
     with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def _panels(count: int, width: float, height: float, columns: int = 1) -> tuple[Figure, list[Any]]:
@@ -97,7 +98,7 @@ def plot_accuracy_by_strategy(
         axis.set_title(f"{backbone} · {attribute_set}")
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- DST schedule
@@ -143,7 +144,7 @@ def plot_dst_activation(history: pd.DataFrame, path: Path) -> None:
         axis.set_title(f"{backbone} · {attribute_set} · DST ({drop_metrics})", fontsize="medium")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="x-small", ncols=2)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- validation curves
@@ -225,7 +226,7 @@ def plot_val_curves(curves: pd.DataFrame, metric: str, colours: dict[str, Any], 
             loc="upper left",
             bbox_to_anchor=(1.0, 1.0),
         )
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- all plots
