@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, open_dict
 
 from mtl_celeba.config import CONFIG_DIR, hydra_choices, instantiate, is_multirun
+from mtl_celeba.curves import write_run_curves
 from mtl_celeba.dashboard import add_task_curves_layout
 from mtl_celeba.data.attributes import resolve_attributes
 from mtl_celeba.errors import ConfigError, UserError
@@ -128,6 +129,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         results["wall_time_s"] = round(time.perf_counter() - started, 2)
         write_results(run_dir, results)
+    write_run_curves(run_dir)  # RUN/curves.png from the CSV logger; logs, never raises
     return results
 
 
