@@ -12,7 +12,7 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_celeba.config import CONFIG_DIR, hydra_choices, instantiate, is_multirun
 from mtl_celeba.curves import write_run_curves
@@ -62,6 +62,10 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
         "freeze": cfg.model.freeze,
+        # BackboneFinetuning (callbacks=finetune): the epoch the backbone is unfrozen at
+        "finetune": OmegaConf.select(
+            cfg, "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch", default=None
+        ),
         "strategy": strategy.name,
         "drop_metrics": list(strategy.metrics) if "metrics" in strategy else None,
         "attribute_set": choices.get("attributes", "custom"),
