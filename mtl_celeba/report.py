@@ -28,7 +28,7 @@ from mtl_celeba.scheduling.dst import DST_METRICS
 from mtl_celeba.statistics import ALPHA, MIN_PAIRS, Statistics, analyse, context_keys, delta_m
 
 #: A configuration: its runs differ only in the seed and are averaged together.
-GROUP_KEYS = ["strategy", "drop_metrics", "backbone", "attribute_set"]
+GROUP_KEYS = ["strategy", "drop_metrics", "transfer", "backbone", "attribute_set"]
 #: The order strategies are listed in: MTL (the paired baseline), the dropping strategies, the
 #: field's methods (loss weighting, then gradient aggregation), STL (the reference) last.
 #: Strategies not listed here follow the listed methods alphabetically, before STL.
@@ -97,9 +97,31 @@ def drop_metrics_label(metrics: Sequence[str] | None) -> str:
     return "+".join(enabled)
 
 
-def configuration_label(strategy: str, drop_metrics: str) -> str:
-    """``dst (all)``, ``random_drop``: how tables and plots name a configuration."""
-    return strategy if drop_metrics == "-" else f"{strategy} ({drop_metrics})"
+def transfer_label(config: dict[str, Any]) -> str:
+    """How a run uses a pretrained backbone: ``-`` (trained from scratch, nothing frozen),
+    ``linear probe from DEFAULT``, ``last 2 blocks from resnet18.pth``, ``full fine-tune from ...``,
+    ``two-stage (backbone from epoch 2) from ...`` (metrics.json ``weights``, ``freeze``, ``finetune``)."""
+    weights, freeze, finetune = config.get("weights"), config.get("freeze"), config.get("finetune")
+    if str(freeze).strip().lower() == "none":
+        freeze = None
+    if weights is None and freeze is None and finetune is None:
+        return "-"
+    if finetune is not None:
+        mode = f"two-stage (backbone from epoch {finetune})"
+    elif str(freeze).lower() == "all":
+        mode = "linear probe"
+    elif freeze is not None:
+        mode = f"last {freeze} blocks"
+    else:
+        mode = "full fine-tune"
+    return f"{mode} from {'scratch' if weights is None else Path(str(weights)).name}"
+
+
+def configuration_label(strategy: str, drop_metrics: str, transfer: str = "-") -> str:
+    """``dst (all)``, ``random_drop``, ``mtl · linear probe from DEFAULT``: how tables and plots
+    name a configuration."""
+    label = strategy if drop_metrics == "-" else f"{strategy} ({drop_metrics})"
+    return label if transfer == "-" else f"{label} · {transfer}"
 
 
 def _overrides(run_dir: Path) -> str:
@@ -118,11 +140,13 @@ def _run_rows(run_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
     config = results.get("config") or {}
     strategy = str(config.get("strategy", "unknown"))
     drop_metrics = drop_metrics_label(config.get("drop_metrics"))
+    transfer = transfer_label(config)
     run = {
         "run": str(run_dir),
         "strategy": strategy,
         "drop_metrics": drop_metrics,
-        "configuration": configuration_label(strategy, drop_metrics),
+        "transfer": transfer,
+        "configuration": configuration_label(strategy, drop_metrics, transfer),
         "backbone": str(config.get("backbone", "unknown")),
         "attribute_set": str(config.get("attribute_set", "unknown")),
         "seed": config.get("seed"),
@@ -175,7 +199,7 @@ def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
 
 #: The columns of the run x task table besides the metrics (those in the runs' metrics.json).
 _RUN_COLUMNS = [
-    "run", "strategy", "drop_metrics", "configuration", "backbone", "attribute_set", "seed",
+    "run", "strategy", "drop_metrics", "transfer", "configuration", "backbone", "attribute_set", "seed",
     "data_source", "data_root", "image_size", "max_epochs", "precision", "experiment",
     "epochs_trained", "task", "majority_accuracy",
 ]  # fmt: skip
@@ -216,6 +240,7 @@ def sort_groups(table: pd.DataFrame) -> pd.DataFrame:
         "_strategy_name": table["strategy"],
         "_not_all_metrics": table["drop_metrics"] != "all",
         "_metrics": table["drop_metrics"],
+        "_transfer": table["transfer"],  # "-" (from scratch) first
     }
     if "task" in table:
         first_seen = {task: i for i, task in enumerate(dict.fromkeys(table["task"]))}
@@ -328,7 +353,9 @@ def compare(
     keys = [*GROUP_KEYS, "configuration"]
     per_task = _mean_std(multi, [*keys, "task"], metric)
 
-    mtl = per_task.loc[per_task["strategy"] == "mtl", ["backbone", "attribute_set", "task", "mean"]]
+    # the MTL reference: plain MTL from scratch (a transfer sweep's other variants are compared to it)
+    is_mtl = (per_task["strategy"] == "mtl") & (per_task["transfer"] == "-")
+    mtl = per_task.loc[is_mtl, ["backbone", "attribute_set", "task", "mean"]]
     per_task = per_task.merge(
         mtl.rename(columns={"mean": "mtl_mean"}),
         on=["backbone", "attribute_set", "task"],
@@ -347,7 +374,8 @@ def compare(
     # The mean over tasks is taken per run first, so its std is the spread over seeds.
     run_means = multi.groupby([*keys, "run"], sort=False)[metric].mean().reset_index()
     overall = _mean_std(run_means, keys, metric)
-    mtl_overall = overall.loc[overall["strategy"] == "mtl", ["backbone", "attribute_set", "mean"]]
+    is_mtl = (overall["strategy"] == "mtl") & (overall["transfer"] == "-")
+    mtl_overall = overall.loc[is_mtl, ["backbone", "attribute_set", "mean"]]
     overall = overall.merge(
         mtl_overall.rename(columns={"mean": "mtl_mean"}),
         on=["backbone", "attribute_set"],

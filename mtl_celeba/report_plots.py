@@ -2,7 +2,7 @@
 
 ``accuracy_by_strategy.png`` (per-task test metric by configuration), ``dst_activation.png``
 (DST activation probability per task over epochs, from ``dst_history.csv``) and
-``val_curves.png`` (validation mean per epoch of every run, from its TensorBoard events).
+``val_curves.png`` (validation mean per epoch of every run, from its ``csv/metrics.csv``).
 Figures are drawn on matplotlib's non-interactive Agg canvas, without pyplot: no display and
 no global figure state, so the report runs on headless nodes and inside sweeps.
 """
@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mtl_celeba.curves import epoch_table, read_metrics_csv
 from mtl_celeba.io import atomic_open
 
 ACCURACY_PLOT = "accuracy_by_strategy.png"
@@ -36,11 +37,12 @@ def colours_for(labels: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def _save(figure: Figure, path: Path) -> None:
-    """Render ``figure`` to PNG with Agg (no pyplot, no display) and write it atomically."""
+def save_figure(figure: Figure, path: Path, dpi: int = 120) -> None:
+    """Render ``figure`` to PNG with Agg (no pyplot, no display) and write it atomically:
+    to a temporary file in the same folder, renamed onto ``path`` once complete."""
     FigureCanvasAgg(figure)
     with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def _panels(count: int, width: float, height: float, columns: int = 1) -> tuple[Figure, list[Any]]:
@@ -97,7 +99,7 @@ def plot_accuracy_by_strategy(
         axis.set_title(f"{backbone} · {attribute_set}")
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- DST schedule
@@ -143,54 +145,27 @@ def plot_dst_activation(history: pd.DataFrame, path: Path) -> None:
         axis.set_title(f"{backbone} · {attribute_set} · DST ({drop_metrics})", fontsize="medium")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="x-small", ncols=2)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- validation curves
 
 
-def read_scalar_curve(run_dir: Path, tag: str) -> pd.DataFrame:
-    """A scalar's values per epoch from a run's TensorBoard events: columns ``epoch``, ``value``.
-
-    Lightning logs by global step and adds an ``epoch`` scalar (0-based) at the same step; of
-    values logged twice at one step the first is kept.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points, epochs = [], {}
-    for folder in sorted(
-        {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
-    ):
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-        events.Reload()
-        tags = events.Tags()["scalars"]
-        if tag in tags:
-            points += [(e.step, e.value) for e in events.Scalars(tag)]
-        if "epoch" in tags:
-            epochs.update({e.step: e.value for e in events.Scalars("epoch")})
-    curve = pd.DataFrame(points, columns=["step", "value"]).drop_duplicates("step")
-    curve = curve.sort_values("step", ignore_index=True)
-    curve["epoch"] = [int(epochs[s]) if s in epochs else i for i, s in enumerate(curve["step"])]
-    return curve[["epoch", "value"]]
-
-
 def read_val_curves(scores: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
-    """``val/<metric>/mean`` per epoch of every completed run, with its configuration; and the
-    runs whose TensorBoard events lack it."""
-    tag = f"val/{metric}/mean"
+    """``val/<metric>/mean`` per training epoch of every completed run (from its
+    ``csv/metrics.csv``), with its configuration; and the runs whose CSV lacks it."""
+    column = f"val/{metric}/mean"
     runs = scores.drop_duplicates("run")[
         ["run", "configuration", "backbone", "attribute_set", "seed", "epochs_trained"]
     ]
     frames, without = [], []
     for run in runs.itertuples(index=False):
-        curve = read_scalar_curve(Path(run.run), tag)
-        if pd.notna(run.epochs_trained):
-            # mtl-train validates the best checkpoint after fit, logged as epoch == epochs_trained:
-            # that point repeats an earlier epoch's value and is not part of the curve.
-            curve = curve[curve["epoch"] < run.epochs_trained]
-        if curve.empty:
+        table = epoch_table(read_metrics_csv(run.run))
+        values = table[column].dropna() if column in table else pd.Series(dtype=float)
+        if values.empty:
             without.append(run.run)
         else:
+            curve = pd.DataFrame({"epoch": values.index.to_numpy(), "value": values.to_numpy()})
             frames.append(curve.assign(**run._asdict()))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), without
 
@@ -225,7 +200,7 @@ def plot_val_curves(curves: pd.DataFrame, metric: str, colours: dict[str, Any], 
             loc="upper left",
             bbox_to_anchor=(1.0, 1.0),
         )
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- all plots
@@ -266,10 +241,10 @@ def write_plots(
     curves, without = read_val_curves(scores, metric)
     if without:
         names = ", ".join(_relative(run, out_dir) for run in without)
-        notes.append(f"No val/{metric}/mean in the TensorBoard events of run(s) {names}.")
+        notes.append(f"No val/{metric}/mean in csv/metrics.csv of run(s) {names}.")
     if curves.empty:
         notes.append(
-            f"No validation curves in the runs' TensorBoard events: {CURVES_PLOT} is not drawn."
+            f"No validation curves in the runs' csv/metrics.csv: {CURVES_PLOT} is not drawn."
         )
     else:
         plot_val_curves(curves, metric, colours, out_dir / CURVES_PLOT)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_celeba.checkpoints import auto_resume_checkpoint, check_checkpoint, config_hash
 from mtl_celeba.cli import hydra_entry
@@ -66,6 +66,10 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
         "freeze": cfg.model.freeze,
+        # BackboneFinetuning (callbacks=finetune): the epoch the backbone is unfrozen at
+        "finetune": OmegaConf.select(
+            cfg, "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch", default=None
+        ),
         "strategy": strategy.name,
         "drop_metrics": list(strategy.metrics) if "metrics" in strategy else None,
         "attribute_set": choices.get("attributes", "custom"),
@@ -180,6 +184,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             write_results(run_dir, results)
         except OSError as error:
             raise (disk_full_error(error, run_dir) or error) from None
+    from mtl_celeba.curves import write_run_curves
+
+    write_run_curves(run_dir)  # RUN/curves.png from the CSV logger; logs, never raises
     return results
 
 

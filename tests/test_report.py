@@ -20,7 +20,7 @@ from mtl_celeba.report import (
     find_run_dirs,
     main,
 )
-from mtl_celeba.report_plots import read_scalar_curve, read_val_curves
+from mtl_celeba.report_plots import read_val_curves
 from mtl_celeba.scheduling.dst import HISTORY_COLUMNS
 
 TASKS = ("Smiling", "Male", "Young")
@@ -107,17 +107,20 @@ def write_dst_history(run_dir: Path, probabilities: dict[str, list[float]]) -> N
 
 
 def write_val_curve(run_dir: Path, values: list[float]) -> None:
-    """TensorBoard events as mtl-train leaves them: per epoch the metric and ``epoch`` at the same
-    step, then the validation of the best checkpoint after fit, at epoch == epochs trained."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    for epoch, value in enumerate([*values, max(values)]):
+    """csv/metrics.csv as mtl-train's CSV logger leaves it: per epoch a step row, a validation
+    row and a training-epoch row; then the validation of the best checkpoint after fit, logged
+    at epoch == epochs trained."""
+    rows = []
+    for epoch, value in enumerate(values):
         step = 10 * (epoch + 1)
-        writer.add_scalar("val/accuracy/mean", value, step)
-        writer.add_scalar("epoch", epoch, step)
-    writer.add_scalar("val/accuracy/mean", 0.0, step)  # logged twice at one step: the first counts
-    writer.close()
+        rows += [
+            {"epoch": epoch, "step": step - 5, "train/loss_step": 0.5},
+            {"epoch": epoch, "step": step, "val/accuracy/mean": value},
+            {"epoch": epoch, "step": step, "train/loss_epoch": 0.4, "train/accuracy/mean": 0.9},
+        ]
+    rows.append({"epoch": len(values), "step": step, "val/accuracy/mean": max(values)})
+    (run_dir / "csv").mkdir()
+    pd.DataFrame(rows).to_csv(run_dir / "csv" / "metrics.csv", index=False)
 
 
 def make_sweep(root: Path) -> Path:
@@ -338,13 +341,10 @@ def test_report_of_failed_runs_only(tmp_path: Path) -> None:
 def test_validation_curves_are_the_training_epochs(tmp_path: Path) -> None:
     run = write_run(tmp_path / "0", "mtl", 0, {"Smiling": 0.9})
     write_val_curve(run, [0.6, 0.75, 0.7])
-    curve = read_scalar_curve(run, "val/accuracy/mean")
-    assert curve["epoch"].tolist() == [0, 1, 2, 3]
-    assert curve["value"].tolist() == pytest.approx([0.6, 0.75, 0.7, 0.75])
-
     curves, without = read_val_curves(collect_runs([run])[0], "accuracy")
     assert without == []
     assert curves["epoch"].tolist() == [0, 1, 2]  # not the check of the best checkpoint after fit
+    assert curves["value"].tolist() == pytest.approx([0.6, 0.75, 0.7])
     assert curves["configuration"].unique().tolist() == ["mtl"]
 
 
