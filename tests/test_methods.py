@@ -309,3 +309,18 @@ def test_famo_skips_absent_tasks():
     torch.testing.assert_close(weights, torch.tensor([2 / 3, 0.0, 1 / 3]), atol=1e-6, rtol=0)
     strategy.update(losses, torch.tensor([0.4, 0.0, 0.9]), present)
     assert strategy.logits[1] == 0 and strategy.logits[0] < strategy.logits[2]
+
+
+# ------------------------------------------------------------------ FAMO's CelebA network
+def test_famo_cnn_is_the_papers_network():
+    from torch import nn
+
+    from mtl_celeba.models.backbones import build_backbone
+
+    backbone = build_backbone("famo_cnn")
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    assert [c.out_channels for c in convs] == [64, 128, 128, 256, 256, 512, 512]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 512)]
+    assert backbone.depth == 9 and len(backbone.blocks) == 9
+    assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, backbone.out_features) == (2, 512)
