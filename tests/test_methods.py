@@ -324,3 +324,31 @@ def test_famo_cnn_is_the_papers_network():
     assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 512)]
     assert backbone.depth == 9 and len(backbone.blocks) == 9
     assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, backbone.out_features) == (2, 512)
+
+
+# ------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize(
+    "make",
+    [lambda: RandomLossWeighting(seed=1), lambda: PCGrad(seed=1), FAMO, NashMTL],
+    ids=["rlw", "pcgrad", "famo", "nashmtl"],
+)
+def test_stateful_methods_continue_from_their_checkpointed_state(make, tmp_path):
+    step = step_for(JACOBIAN)
+    after = step.losses * 0.9
+
+    def advance(strategy):
+        strategy.combine(step)
+        if isinstance(strategy, FAMO):
+            strategy.update(step.losses, after, step.present)
+
+    first = set_up(make(), 3)
+    for _ in range(3):
+        advance(first)
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    second = set_up(make(), 3)
+    second.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for _ in range(2):  # the resumed copy makes the same next steps (same draws, Adam moments)
+        advance(first)
+        advance(second)
+    torch.testing.assert_close(second.weights(step), first.weights(step))
+    assert second.epoch_mean_weights == first.epoch_mean_weights
