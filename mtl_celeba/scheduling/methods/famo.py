@@ -48,7 +48,9 @@ class FAMO(WeightedTaskStrategy):
     ``c`` through ``z_t / eps``). After the optimizer step, :meth:`on_train_batch_end` runs the
     same batch again without gradients (BatchNorm's running statistics restored afterwards) and
     moves the logits with their own Adam (``lr``, ``weight_decay``). The losses before and after
-    are averaged over the DDP ranks first, so every rank keeps identical logits.
+    are averaged over the DDP ranks first, so every rank keeps identical logits. With
+    ``trainer.accumulate_grad_batches`` above 1, the batches before the optimizer step measure
+    no change and move the logits by their Adam momentum only (not a use FAMO's paper covers).
     """
 
     name = "famo"
