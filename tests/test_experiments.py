@@ -81,6 +81,34 @@ def test_drop_metrics_grid_has_singles_all_and_leave_one_out():
     assert "[regularization,depth,count,incompleteness]" in metric_sets
 
 
+STRATEGIES = sorted(path.stem for path in (CONFIG_DIR / "strategy").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_config_composes_and_instantiates(strategy):
+    from mtl_celeba.config import instantiate
+    from mtl_celeba.scheduling.strategy import TaskStrategy
+
+    cfg = compose_train([f"strategy={strategy}"])
+    assert cfg.strategy.name == strategy
+    callback = instantiate(cfg.strategy.callback)
+    assert isinstance(callback, TaskStrategy)
+    assert callback.name == strategy or strategy == "stl"
+
+
+def test_mtl_methods_grid_has_every_strategy_and_stl():
+    jobs = grid_jobs("mtl_methods")
+    multi = [job for job in jobs if "strategy=stl" not in job]
+    strategies = {job[0].split("=", 1)[1] for job in multi}
+    assert strategies == set(STRATEGIES) - {"stl", "random_drop"}
+    assert len(multi) == len(strategies) * 5
+    assert {job[1] for job in multi} == {f"seed={seed}" for seed in range(5)}
+    single = [job for job in jobs if "strategy=stl" in job]
+    assert {job[1] for job in single} == {
+        f"strategy.task={task}" for task in ATTRIBUTE_PRESETS["assignment8"]
+    }
+
+
 def test_command_line_sweeps_apply_to_every_grid():
     sweeper = GridUnionSweeper(grids=[{"a": "1,2"}, {"b": "x"}])
     assert sweeper.jobs(["seed=0,1"]) == [

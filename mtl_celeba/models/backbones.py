@@ -125,9 +125,19 @@ def build_backbone(
     name = check_backbone_name(name)
     trainable_blocks = parse_freeze(freeze)  # checked first: no model is built for a typo
     weights_name, weights_file = parse_weights(weights)
-    model = _torchvision_model(name, weights_name)
-    full_keys = set(model.state_dict())
-    out_features = remove_classifier(model, name)
+    if name in CUSTOM_BACKBONES:
+        if weights_name is not None:
+            raise ConfigError(
+                f"{WEIGHTS_KEY}={weights_name}: {name} has no published weights; use null (from "
+                "scratch) or a path to a state_dict file."
+            )
+        build, out_features = CUSTOM_BACKBONES[name]
+        model = build()
+        full_keys = set(model.state_dict())
+    else:
+        model = _torchvision_model(name, weights_name)
+        full_keys = set(model.state_dict())
+        out_features = remove_classifier(model, name)
     if weights_file is not None:
         load_state_dict_file(model, weights_file, name, ignore=full_keys - set(model.state_dict()))
     backbone = Backbone(name, model, out_features)
@@ -141,10 +151,39 @@ def build_backbone(
     return backbone
 
 
+def famo_cnn() -> nn.Module:
+    """FAMO's CelebA network (Liu et al., NeurIPS 2023; ``experiments/celeba/models.py`` of
+    github.com/Cranial-XIX/FAMO): seven 3x3 conv+BN+ReLU layers (64-128-128-256-256-512-512
+    channels, 2x2 max-pooling after the 1st, 3rd and 5th), global average pooling, and two
+    512-wide linear+BN+ReLU layers; 512 features out (9 weight layers)."""
+
+    def conv(channels_in: int, channels_out: int) -> list[nn.Module]:
+        return [
+            nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels_out),
+            nn.ReLU(inplace=True),
+        ]
+
+    def linear() -> list[nn.Module]:
+        return [nn.Linear(512, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        *conv(3, 64), nn.MaxPool2d(2),
+        *conv(64, 128), *conv(128, 128), nn.MaxPool2d(2),
+        *conv(128, 256), *conv(256, 256), nn.MaxPool2d(2),
+        *conv(256, 512), *conv(512, 512), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        *linear(), *linear(),
+    )  # fmt: skip
+
+
+#: Backbones that are not torchvision models: name -> (builder, width of the features).
+CUSTOM_BACKBONES = {"famo_cnn": (famo_cnn, 512)}
+
+
 def check_backbone_name(name: str) -> str:
     """Return ``name`` if it is a torchvision classification model, else raise with suggestions."""
     known = torchvision.models.list_models(module=torchvision.models)
-    if name in known:
+    if name in known or name in CUSTOM_BACKBONES:
         return name
     close = difflib.get_close_matches(str(name).lower(), known, n=3, cutoff=0.6)
     suggestion = f" Did you mean {', '.join(close)}?" if close else ""
