@@ -130,3 +130,17 @@ def test_task_metrics_match_torchmetrics_classes():
     torch.testing.assert_close(values["accuracy"], (tp + tn) / (tp + tn + fp + fn))
     torch.testing.assert_close(values["f1"], 2 * tp / (2 * tp + fp + fn))
     torch.testing.assert_close(values["auroc"], auroc.compute().float())
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Results written atomically are readable like any file the user writes (not 0600)."""
+    import os
+
+    from mtl_celeba.io import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "report.md", "text")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
