@@ -352,3 +352,25 @@ def test_stateful_methods_continue_from_their_checkpointed_state(make, tmp_path)
         advance(second)
     torch.testing.assert_close(second.weights(step), first.weights(step))
     assert second.epoch_mean_weights == first.epoch_mean_weights
+
+
+# ------------------------------------------------------------------ FAMO's data protocol
+def test_squash_resize_keeps_the_whole_image_and_normalize_false_scales_only(synthetic_root):
+    from PIL import Image
+
+    from mtl_celeba.data.augment import device_transform, naive_transform
+    from mtl_celeba.data.images import load_face
+
+    path = next(synthetic_root.rglob("*.jpg"))
+    squashed = load_face(path, 32, resize="squash")
+    cropped = load_face(path, 32)
+    with Image.open(path) as image:
+        image.draft("RGB", (32, 32))  # the same (DCT-scaled) decoding as load_face
+        whole = np.array(image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    assert squashed.shape == cropped.shape == (32, 32, 3)
+    assert np.array_equal(squashed, whole) and not np.array_equal(cropped, whole)
+    batch = torch.from_numpy(squashed).permute(2, 0, 1)[None]
+    scaled = device_transform(batch, train=True, flip=False, normalize=False)
+    torch.testing.assert_close(scaled, batch.float() / 255)
+    per_image = naive_transform(32, train=False, normalize=False)(squashed)
+    torch.testing.assert_close(per_image[None], scaled)

@@ -133,3 +133,18 @@ def test_ddp_ranks_end_with_identical_weights(compose_train, tmp_path, shared_ca
         assert any(logit != 0 for logit in rank0["famo_logits"]), "FAMO's logits moved"
     if method == "uw":
         assert rank0["log_var"] == rank1["log_var"] and any(v != 0 for v in rank0["log_var"])
+
+
+def test_famo_celeba40_protocol_trains(compose_train, tmp_path):
+    overrides = [
+        "experiment=famo_celeba40",
+        "data.num_workers=0",
+        "data.batch_size=64",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+    ]
+    results = train(compose_train(overrides), tmp_path / "run")
+    assert results["status"] == "completed" and len(results["attributes"]) == 40
+    assert results["config"]["backbone"] == "famo_cnn"
+    assert results["schedule"]["strategy"] == "famo"
+    assert list((tmp_path / "run" / "checkpoints").glob("epoch000-f1*.ckpt"))

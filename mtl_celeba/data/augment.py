@@ -70,9 +70,13 @@ def device_transform(
     flip: bool = True,
     max_shift: int = 0,
     generator: torch.Generator | None = None,
+    normalize: bool = True,
 ) -> Tensor:
-    """The fast pipeline's per-batch transform: normalise, then (training only) flip and shift."""
-    images = normalize_uint8(images)
+    """The fast pipeline's per-batch transform: normalise, then (training only) flip and shift.
+
+    ``normalize=False`` only scales to [0, 1] (torchvision's ``ToTensor``, FAMO's protocol).
+    """
+    images = normalize_uint8(images) if normalize else images.float().div_(255.0)
     if train and flip:
         coin = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
         images = random_flip(images, coin)
@@ -81,12 +85,16 @@ def device_transform(
     return images
 
 
-def naive_transform(size: int, train: bool, flip: bool = True, max_shift: int = 0) -> v2.Compose:
+def naive_transform(
+    size: int, train: bool, flip: bool = True, max_shift: int = 0, normalize: bool = True
+) -> v2.Compose:
     """The torchvision-style per-image transform of the naive pipeline (uint8 HWC array in)."""
     steps: list[v2.Transform] = [v2.ToImage()]
     if train and flip:
         steps.append(v2.RandomHorizontalFlip())
     if train and max_shift:
         steps.append(v2.RandomCrop(size, padding=max_shift, padding_mode="edge"))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     return v2.Compose(steps)

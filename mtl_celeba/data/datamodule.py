@@ -26,6 +26,7 @@ from mtl_celeba.data.datasets import (
     keep_batch,
     to_device_in_chunks,
 )
+from mtl_celeba.data.images import RESIZE_MODES
 from mtl_celeba.data.synthetic import ensure_synthetic_celeba
 from mtl_celeba.errors import ConfigError
 
@@ -98,8 +99,17 @@ class CelebADataModule(L.LightningDataModule):
         hide_labels_seed: int = 0,
         shuffle_seed: int = 0,
         device_cache: bool = False,
+        resize: str = "crop",
+        normalize: bool = True,
     ) -> None:
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f"data.resize is {resize!r}: use one of {', '.join(RESIZE_MODES)}.")
+        if resize != "crop" and pipeline == "cached":
+            raise ConfigError(
+                f"data.resize={resize} needs data.pipeline=naive: the image cache does not yet "
+                "tell resize modes apart."
+            )
         if source not in SOURCES:
             raise ConfigError(f"data.source is {source!r}: use one of {', '.join(SOURCES)}.")
         if pipeline not in PIPELINES:
@@ -133,6 +143,8 @@ class CelebADataModule(L.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.device_cache = device_cache
         self._device_splits: dict[str, DeviceBatches] = {}
+        self.resize = resize
+        self.normalize = normalize
         self.index: CelebAIndex | None = None
         self.datasets: dict[str, Dataset] = {}
         self.split_labels: dict[str, np.ndarray] = {}
@@ -198,10 +210,14 @@ class CelebADataModule(L.LightningDataModule):
             )
             return CachedFaces(images, labels)
         transform = naive_transform(
-            self.image_size, train=split == "train", flip=self.flip, max_shift=self.max_shift
+            self.image_size,
+            train=split == "train",
+            flip=self.flip,
+            max_shift=self.max_shift,
+            normalize=self.normalize,
         )
         paths = [self.index.image_path(image_id) for image_id in image_ids]
-        return JpegFaces(paths, labels, self.image_size, transform)
+        return JpegFaces(paths, labels, self.image_size, transform, resize=self.resize)
 
     # ----------------------------------------------------------- statistics
     @property
@@ -317,6 +333,7 @@ class CelebADataModule(L.LightningDataModule):
                 flip=self.flip,
                 max_shift=self.max_shift,
                 generator=self._epoch_generator(images.device) if training else None,
+                normalize=self.normalize,
             )
         return images, targets, mask
 

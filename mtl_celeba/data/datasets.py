@@ -69,17 +69,19 @@ class JpegFaces(Dataset[Batch]):
         labels: np.ndarray,
         size: int,
         transform: Callable[[np.ndarray], Tensor],
+        resize: str = "crop",
     ) -> None:
         self.image_paths = list(image_paths)
         self.size = size
         self.transform = transform
+        self.resize = resize
         self.targets, self.mask = split_labels(labels)
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> Batch:
-        image = self.transform(load_face(self.image_paths[index], self.size))
+        image = self.transform(load_face(self.image_paths[index], self.size, self.resize))
         return image, self.targets[index], self.mask[index]
 
 

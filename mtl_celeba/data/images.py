@@ -18,6 +18,9 @@ from mtl_celeba.errors import DataError
 
 #: Side of the centred square cut from each 178x218 aligned CelebA image.
 CROP_SIDE = 178
+#: ``crop``: the centred square, resized (the default); ``squash``: the whole image resized to a
+#: square, its aspect ratio lost (FAMO's CelebA protocol, torchvision's ``Resize((64, 64))``).
+RESIZE_MODES = ("crop", "squash")
 
 
 def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
@@ -27,8 +30,9 @@ def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def load_face(path: str | Path, size: int) -> np.ndarray:
-    """Read one image as a (size, size, 3) uint8 RGB array: centre square, then resize.
+def load_face(path: str | Path, size: int, resize: str = "crop") -> np.ndarray:
+    """Read one image as a (size, size, 3) uint8 RGB array: centre square, then resize
+    (``resize="squash"``: the whole image resized, see :data:`RESIZE_MODES`).
 
     JPEG decoding uses libjpeg's DCT scaling (``Image.draft``) when the target is at least
     2x smaller, which makes decoding several times faster at training resolutions.
@@ -39,7 +43,9 @@ def load_face(path: str | Path, size: int) -> np.ndarray:
             image.draft("RGB", (size, size))
             box = centre_square(*image.size)  # in the draft's (possibly reduced) pixel grid
             image = image.convert("RGB")
-            face = image.crop(box).resize((size, size), Image.Resampling.BILINEAR)
+            if resize == "crop":
+                image = image.crop(box)
+            face = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.array(face, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(
