@@ -11,10 +11,21 @@ from omegaconf import OmegaConf
 
 from mtl_celeba.errors import UserError
 
-#: The project's root folder (holds conf/, outputs/ and data/).
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-#: The Hydra config folder.
-CONFIG_DIR = PROJECT_ROOT / "conf"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_CHECKOUT_DIR = _PACKAGE_DIR.parent
+
+
+def _is_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is the project's source checkout (a git clone, editable install)."""
+    return (folder / "pyproject.toml").is_file() and (folder / "conf" / "train.yaml").is_file()
+
+
+#: Where outputs/ and data/ go: the checkout's root when running from a source checkout (so
+#: runs land in the repo from any folder), otherwise the working directory (an installed
+#: wheel, like any command-line tool, writes where it is started).
+PROJECT_ROOT = _CHECKOUT_DIR if _is_checkout(_CHECKOUT_DIR) else Path.cwd().resolve()
+#: The Hydra config folder: the copy shipped inside the wheel, else the checkout's conf/.
+CONFIG_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _CHECKOUT_DIR / "conf"
 
 
 def register_resolvers() -> None:
