@@ -28,10 +28,19 @@ PROJECT_ROOT = _CHECKOUT_DIR if _is_checkout(_CHECKOUT_DIR) else Path.cwd().reso
 CONFIG_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _CHECKOUT_DIR / "conf"
 
 
+def _gpu_per_job() -> int:
+    from mtl_celeba.launcher import visible_gpus
+
+    return 1 if visible_gpus() else 0
+
+
 def register_resolvers() -> None:
     """``${project_root:}`` (the project folder, so runs land in outputs/ from any cwd) and ``${csv:}``."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("gpu_per_job"):
+        # ${gpu_per_job:} -> 1 where this machine has a GPU, else 0 (Ray's num_gpus per job)
+        OmegaConf.register_new_resolver("gpu_per_job", _gpu_per_job)
     if not OmegaConf.has_resolver("csv"):
         # ${csv:${data.attributes}} -> "A,B,C": a list as a Hydra sweep over its items
         OmegaConf.register_new_resolver("csv", lambda items: ",".join(str(item) for item in items))

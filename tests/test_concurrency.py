@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -251,3 +252,24 @@ def test_builds_are_reused_without_the_lock(tmp_path: Path, monkeypatch: pytest.
         tmp_path / ".mtl_cache", "train", folder / "img_align_celeba", ids, 32
     )
     assert np.array_equal(images, np.load(cache))
+
+
+@pytest.mark.slow
+def test_four_job_sweep_on_an_empty_data_root_completes_every_job(tmp_path: Path) -> None:
+    """The issue's failure: every job of the first wave generating the same data at once."""
+    sweep, root = tmp_path / "sweep", tmp_path / "empty"
+    command = [
+        sys.executable, "-m", "mtl_celeba.train", "-m",
+        "hydra/launcher=gpu_pool", "hydra.launcher.cpu_jobs=2",
+        f"hydra.sweep.dir={sweep}", f"data.root={root}", "data.image_size=32",
+        "debug=fast", "data.num_images=200", "trainer.enable_progress_bar=false",
+        "strategy=mtl,dst", "seed=0,1",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    statuses = [
+        json.loads((sweep / str(job) / "metrics.json").read_text())["status"] for job in range(4)
+    ]
+    assert statuses == ["completed"] * 4
+    assert not [path for path in root.rglob("*partial*")], "no partial build left behind"
