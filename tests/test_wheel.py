@@ -55,6 +55,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_is_the_one_imported(installed: Path, tmp_path: Path) -> None:
     python = installed / "bin" / "python"
     done = run(
