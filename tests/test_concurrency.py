@@ -25,7 +25,7 @@ from mtl_celeba.errors import DataError
 
 NUM_IMAGES = 60
 
-#: One job: wait for the start signal, then generate the synthetic CelebA and its train cache.
+#: One job: say it is ready, wait for the start signal, then generate the synthetic CelebA and its train cache.
 JOB = textwrap.dedent(
     """
     import sys, time
@@ -34,7 +34,8 @@ JOB = textwrap.dedent(
     from mtl_celeba.data.celeba import load_celeba
     from mtl_celeba.data.synthetic import ensure_synthetic_celeba
 
-    root, go = Path(sys.argv[1]), Path(sys.argv[2])
+    root, go, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    ready.touch()
     while not go.exists():
         time.sleep(0.01)
     folder = ensure_synthetic_celeba(root, {num_images}, seed=0)
@@ -68,15 +69,18 @@ def test_three_jobs_started_together_share_one_build(tmp_path: Path) -> None:
     script = JOB.format(num_images=NUM_IMAGES)
     jobs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(root), str(go)],
+            [sys.executable, "-c", script, str(root), str(go), str(tmp_path / f"ready{i}")],
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(3)
+        for i in range(3)
     ]
-    time.sleep(3)  # let every process import before they all start at once
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("ready*"))) < 3:  # every process has imported: start together
+        assert time.monotonic() < deadline and all(job.poll() is None for job in jobs)
+        time.sleep(0.05)
     go.touch()
     outputs = [job.communicate(timeout=300) for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
