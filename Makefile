@@ -20,8 +20,10 @@ setup: .venv/.installed ## install uv if missing, then the locked environment (u
 train: setup ## train with the defaults (DST, ResNet18, synthetic CelebA); extra Hydra overrides in ARGS="..."
 	$(RUN) mtl-train $(ARGS)
 
-test: setup ## run the whole test suite, slow end-to-end cases included
-	$(RUN) pytest $(ARGS)
+# `make test` adds the `ray` extra (hydra-ray-launcher and Ray, about 300 MB) so the Ray sweep
+# test runs too; `uv run` installs it into .venv on first use.
+test: setup ## run the whole test suite, slow end-to-end cases included (with the ray extra)
+	$(RUN) --extra ray pytest $(ARGS)
 
 test-fast: setup ## run the tests without the slow end-to-end cases
 	$(RUN) pytest -m "not slow" $(ARGS)
@@ -40,9 +42,10 @@ synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed 
 # `make reproduce`: the canonical grids (dst_vs_baselines, drop_metrics) and their report.
 # Without CELEBA: synthetic CelebA at a scale that fits a 2-core CPU in under 30 minutes.
 # With CELEBA=/path: the full-scale protocol on real CelebA, one GPU per job with AMP.
+# The sweeps go to a fixed folder per scale, so running `make reproduce` again resumes: the
+# grids skip the jobs that completed there (skip_completed) and rerun failed or unfinished ones.
 CELEBA ?=
-STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
-REPRODUCE_DIR ?= outputs/reproduce/$(STAMP)
+REPRODUCE_DIR ?= outputs/reproduce/$(if $(CELEBA),celeba,synthetic)
 ifeq ($(CELEBA),)
 REPRODUCE_SCALE := data.num_images=2000 data.image_size=32 data.batch_size=64 trainer.max_epochs=3 \
 	trainer.enable_progress_bar=false

@@ -11,16 +11,36 @@ from omegaconf import OmegaConf
 
 from mtl_celeba.errors import UserError
 
-#: The project's root folder (holds conf/, outputs/ and data/).
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-#: The Hydra config folder.
-CONFIG_DIR = PROJECT_ROOT / "conf"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_CHECKOUT_DIR = _PACKAGE_DIR.parent
+
+
+def _is_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is the project's source checkout (a git clone, editable install)."""
+    return (folder / "pyproject.toml").is_file() and (folder / "conf" / "train.yaml").is_file()
+
+
+#: Where outputs/ and data/ go: the checkout's root when running from a source checkout (so
+#: runs land in the repo from any folder), otherwise the working directory (an installed
+#: wheel, like any command-line tool, writes where it is started).
+PROJECT_ROOT = _CHECKOUT_DIR if _is_checkout(_CHECKOUT_DIR) else Path.cwd().resolve()
+#: The Hydra config folder: the copy shipped inside the wheel, else the checkout's conf/.
+CONFIG_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _CHECKOUT_DIR / "conf"
+
+
+def _gpu_per_job() -> int:
+    from mtl_celeba.launcher import visible_gpus
+
+    return 1 if visible_gpus() else 0
 
 
 def register_resolvers() -> None:
     """``${project_root:}`` (the project folder, so runs land in outputs/ from any cwd) and ``${csv:}``."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("gpu_per_job"):
+        # ${gpu_per_job:} -> 1 where this machine has a GPU, else 0 (Ray's num_gpus per job)
+        OmegaConf.register_new_resolver("gpu_per_job", _gpu_per_job)
     if not OmegaConf.has_resolver("csv"):
         # ${csv:${data.attributes}} -> "A,B,C": a list as a Hydra sweep over its items
         OmegaConf.register_new_resolver("csv", lambda items: ",".join(str(item) for item in items))

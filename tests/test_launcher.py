@@ -1,12 +1,16 @@
 """Sweep jobs on GPU slots (GPUs simulated through CUDA_VISIBLE_DEVICES): pinning and packing."""
 
+import itertools
+import json
 import os
 import time
 
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.mtl_celeba_launcher.grids import GridUnionSweeper
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.launcher import job_slots, run_on_slots
+from mtl_celeba.launcher import completed_run, job_slots, run_on_slots
 
 
 def report_device(duration: float) -> tuple[str | None, int, float, float]:
@@ -89,3 +93,68 @@ def pick_job(kind: str) -> str:
     if kind == "crash":
         crashing_job()
     return kind
+
+
+def test_stagger_spaces_job_starts_and_each_job_is_timed():
+    timings = {}
+    results = run_on_slots(
+        report_device,
+        [(0.2,)] * 3,
+        [None] * 3,
+        on_finish=lambda i, result, timing: timings.setdefault(i, timing),
+        stagger_s=0.6,
+    )
+    assert sorted(timings) == [0, 1, 2]
+    starts = [timings[i].started for i in range(3)]
+    assert all(later - earlier >= 0.55 for earlier, later in itertools.pairwise(starts))
+    assert all(t.slot is None and t.wall_s >= 0.2 for t in timings.values())
+    assert [gpu for gpu, *_ in results] == [None, None, None]
+
+
+def test_negative_stagger_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"hydra\.launcher\.stagger_s"):
+        run_on_slots(report_device, [(0.0,)], [None], stagger_s=-1)
+
+
+def write_job(folder, status: str, overrides: list[str]) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"status": status}))
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def test_completed_run_needs_completed_status_and_the_same_overrides(tmp_path):
+    write_job(tmp_path / "0", "completed", ["strategy=mtl", "seed=0"])
+    write_job(tmp_path / "1", "failed", ["strategy=dst", "seed=0"])
+    write_job(tmp_path / "2", "running", ["strategy=dst", "seed=1"])
+    assert completed_run(tmp_path / "0", ["strategy=mtl", "seed=0"])
+    assert completed_run(tmp_path / "0", ["seed=0", "strategy=mtl"]), "order does not matter"
+    assert not completed_run(tmp_path / "0", ["strategy=dst", "seed=0"]), "the grid changed"
+    assert not completed_run(tmp_path / "1", ["strategy=dst", "seed=0"])
+    assert not completed_run(tmp_path / "2", ["strategy=dst", "seed=1"])
+    assert not completed_run(tmp_path / "3", ["strategy=dst", "seed=1"]), "never started"
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").unlink()
+    assert not completed_run(tmp_path / "0", ["strategy=mtl", "seed=0"])
+
+
+class RecordingLauncher:
+    """A launcher without job numbers of its own (as Hydra's basic and submitit launchers)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.calls.append((initial_job_idx, [list(o) for o in job_overrides]))
+        return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED) for o in job_overrides]
+
+
+def test_grids_sweeper_launches_runs_of_consecutive_job_numbers():
+    sweeper = GridUnionSweeper()
+    sweeper.launcher = RecordingLauncher()
+    batch = [(0, ["a=0"]), (1, ["a=1"]), (3, ["a=3"]), (4, ["a=4"]), (7, ["a=7"])]
+    returns = sweeper._launch(batch)
+    assert sweeper.launcher.calls == [
+        (0, [["a=0"], ["a=1"]]),
+        (3, [["a=3"], ["a=4"]]),
+        (7, [["a=7"]]),
+    ]
+    assert [r.overrides for r in returns] == [o for _, o in batch]

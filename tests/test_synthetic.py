@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,14 +203,18 @@ def test_interrupted_generation_never_looks_complete(
     monkeypatch.setattr(faces, "render_face", render_then_fail)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_celeba(tmp_path, 30, seed=0, workers=1, progress=False)
-    assert list(tmp_path.iterdir()) == []  # neither celeba/ nor the partial folder
+    # neither celeba/ nor the partial folder; the lock file stays (filelock leaves it by design)
+    assert [path.name for path in tmp_path.iterdir()] == ["celeba.lock"]
 
     monkeypatch.setattr(faces, "render_face", real_render)
-    (tmp_path / "celeba.partial").mkdir()  # as if a process were killed mid-way
-    (tmp_path / "celeba.partial" / "000001.jpg").write_bytes(b"half")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"celeba.partial-{socket.gethostname()}-{dead.pid}"  # a killed builder's
+    left.mkdir()
+    (left / "000001.jpg").write_bytes(b"half")
     folder = generate_synthetic_celeba(tmp_path, 30, seed=0, workers=1, progress=False)
     assert (folder / synthetic.MARKER).exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["celeba"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["celeba", "celeba.lock"]
 
 
 def test_ensure_reuses_a_matching_folder_without_regenerating(

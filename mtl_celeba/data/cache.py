@@ -4,13 +4,13 @@ Decoding 200k JPEGs every epoch cannot feed a GPU, so the fast pipeline decodes 
 once into a ``(N, size, size, 3)`` uint8 ``.npy`` file and serves batches straight from the
 memory map. The file name carries a key of everything that determines its content (image
 folder, image ids, size, decoder version), so a changed source or size builds a new file.
-A build writes to a ``.partial`` file and renames it only when complete, so an interrupted
-build never looks valid; a lock file lets parallel jobs share one build.
+A build writes to a partial file of its own (``<name>.partial-<host>-<pid>``) and renames it
+only when complete, so an interrupted build never looks valid; a ``filelock`` lock lets
+parallel jobs, on one machine or many, share one build (:mod:`mtl_celeba.data.build_lock`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mtl_celeba.data.build_lock import build_lock, partial_path, publish, remove_dead_partials
 from mtl_celeba.data.images import CROP_SIDE, load_face
+from mtl_celeba.errors import DataError
 
 #: Bump when :func:`load_face` changes the pixels it produces; old caches are then rebuilt.
 DECODER_VERSION = 1
@@ -71,9 +73,8 @@ def build_cache(
     """Decode every image into ``path`` (a ``.npy`` of shape (N, size, size, 3), uint8), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{path.name}.partial*"):
-        stale.unlink(missing_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    remove_dead_partials(path)
+    partial = partial_path(path)  # this process's own file: no other job touches it
     array = np.lib.format.open_memmap(
         partial, mode="w+", dtype=np.uint8, shape=(len(image_paths), size, size, 3)
     )
@@ -94,7 +95,7 @@ def build_cache(
                         bar.update(done)
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(partial, path)
+        publish(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
@@ -111,11 +112,18 @@ def load_or_build_cache(
     """The memory-mapped uint8 images of one split, building the cache file first if needed."""
     path = cache_file(cache_dir, split, image_dir, image_ids, size)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Sweep jobs running side by side share a cache: one builds, the others wait and reuse it.
-        with open(path.with_name(f"{path.name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.exists():
-                paths = [Path(image_dir) / image_id for image_id in image_ids]
-                build_cache(path, paths, size, workers, description=f"caching {split} at {size}px")
+        try:
+            # Jobs running side by side share a cache: one builds, the others wait and reuse it.
+            with build_lock(path, f"the {split} image cache {path.name}"):
+                if not path.exists():
+                    paths = [Path(image_dir) / image_id for image_id in image_ids]
+                    description = f"caching {split} at {size}px"
+                    build_cache(path, paths, size, workers, description=description)
+        except OSError as error:
+            if path.exists():
+                raise
+            raise DataError(
+                f"cannot write the image cache to {Path(cache_dir)} ({error.strerror or error}): "
+                "set data.cache_dir to a writable folder with free space (or data.pipeline=naive)."
+            ) from None
     return np.load(path, mmap_mode="r")

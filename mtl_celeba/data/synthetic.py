@@ -10,7 +10,9 @@ Determinism: every random stream is keyed by (seed, purpose[, image index]) thro
 NumPy's ``SeedSequence``, so the same seed gives byte-identical files whatever the number
 of worker processes. An interrupted generation never looks complete: files go to a
 temporary sibling folder that is renamed into place after the marker ``synthetic.json``
-is written.
+is written. Concurrent jobs on an empty data root are safe: each builder has its own
+temporary folder, and a lock lets one job generate while the others wait
+(:mod:`mtl_celeba.data.build_lock`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from mtl_celeba.data import faces
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
+from mtl_celeba.data.build_lock import build_lock, partial_path, publish, remove_dead_partials
 from mtl_celeba.errors import ConfigError, DataError, exit_on_user_error
 from mtl_celeba.io import write_json_atomic
 
@@ -394,7 +397,7 @@ def generate_synthetic_celeba(
     _check_arguments(num_images, seed, label_noise, ("num_images", "seed", "label_noise"))
     target = Path(out) / "celeba"
     fix = "delete that folder or choose another output folder"
-    _generate(target, num_images, seed, label_noise, workers, progress, fix)
+    _generate_or_explain(target, num_images, seed, label_noise, workers, progress, fix, "out")
     return target
 
 
@@ -411,25 +414,63 @@ def _generate(
     settings = _settings(num_images, seed, label_noise)
     if _existing(target, settings, fix):
         return False
-    workers = max(1, workers or os.cpu_count() or 1)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
-    image_dir = partial / "img_align_celeba"
-    try:
-        image_dir.mkdir(parents=True)
-        labels = sample_labels(num_images, _stream(seed, _LABELS))
-        landmarks, boxes = _render_all(image_dir, seed, labels, workers, progress)
-        written = add_label_noise(labels, label_noise, _stream(seed, _LABEL_NOISE))
-        identities = sample_identities(num_images, _stream(seed, _IDENTITIES))
-        _write_annotations(partial, written, identities, landmarks, boxes)
-        write_json_atomic(partial / MARKER, settings)  # last: only a finished folder has it
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        partial.rename(target)
-    except BaseException:
+    # Concurrent jobs: one generates, the others wait and reuse (see mtl_celeba.data.build_lock).
+    with build_lock(target, f"the synthetic CelebA {target}"):
+        if _existing(target, settings, fix):
+            return False  # another job generated it while this one waited
+        remove_dead_partials(target)
+        partial = partial_path(target)  # this process's own folder: no other job touches it
         shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return True
+        try:
+            _write_dataset(partial, num_images, seed, label_noise, workers, progress, settings)
+            published = publish(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    if not published:  # another builder published first (a stale lock was broken)
+        _existing(target, settings, fix)
+    return published
+
+
+def _generate_or_explain(
+    target: Path,
+    num_images: int,
+    seed: int,
+    label_noise: float,
+    workers: int | None,
+    progress: bool,
+    fix: str,
+    key: str,
+) -> bool:
+    """:func:`_generate`, with a folder that cannot be written (read-only, full) named in one line."""
+    try:
+        return _generate(target, num_images, seed, label_noise, workers, progress, fix)
+    except OSError as error:
+        raise DataError(
+            f"cannot write the synthetic CelebA to {target.parent} ({error.strerror or error}): "
+            f"set {key} to a writable folder with free space."
+        ) from None
+
+
+def _write_dataset(
+    folder: Path,
+    num_images: int,
+    seed: int,
+    label_noise: float,
+    workers: int | None,
+    progress: bool,
+    settings: dict[str, int | float],
+) -> None:
+    """Write every image and annotation file into ``folder``, the marker last."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    image_dir = folder / "img_align_celeba"
+    image_dir.mkdir(parents=True)
+    labels = sample_labels(num_images, _stream(seed, _LABELS))
+    landmarks, boxes = _render_all(image_dir, seed, labels, workers, progress)
+    written = add_label_noise(labels, label_noise, _stream(seed, _LABEL_NOISE))
+    identities = sample_identities(num_images, _stream(seed, _IDENTITIES))
+    _write_annotations(folder, written, identities, landmarks, boxes)
+    write_json_atomic(folder / MARKER, settings)  # last: only a finished folder has it
 
 
 def ensure_synthetic_celeba(
@@ -444,7 +485,7 @@ def ensure_synthetic_celeba(
     _check_arguments(num_images, seed, label_noise, keys)
     target = Path(root) / "celeba"
     fix = "delete that folder or choose another data.root"
-    _generate(target, num_images, seed, label_noise, None, True, fix)
+    _generate_or_explain(target, num_images, seed, label_noise, None, True, fix, "data.root")
     return target
 
 
@@ -492,8 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     target = args.out / "celeba"
     fix = "delete that folder or choose another --out"
-    generated = _generate(
-        target, args.num_images, args.seed, args.label_noise, args.workers, True, fix
+    generated = _generate_or_explain(
+        target, args.num_images, args.seed, args.label_noise, args.workers, True, fix, "--out"
     )
     if generated:
         elapsed = time.perf_counter() - started

@@ -7,6 +7,7 @@ here; the scheduling itself is :mod:`mtl_celeba.launcher`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from hydra.core.utils import (
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.mtl_celeba_launcher.resume import NumberedJob, skip_completed
 from omegaconf import DictConfig, open_dict
 
-from mtl_celeba.launcher import job_slots, run_on_slots
+from mtl_celeba.launcher import JobTiming, Slot, job_slots, run_on_slots
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,25 @@ def _execute_job(payload: bytes) -> bytes:
 
 
 class GpuPoolLauncher(Launcher):
-    """Runs ``len(gpus) * jobs_per_gpu`` jobs at once (``cpu_jobs`` without a GPU)."""
+    """Runs ``len(gpus) * jobs_per_gpu`` jobs at once (``cpu_jobs`` without a GPU).
 
-    def __init__(self, gpus: Any = "auto", jobs_per_gpu: int = 1, cpu_jobs: int = 1) -> None:
+    ``stagger_s`` spaces job starts; ``skip_completed`` skips jobs that an earlier run of the
+    same sweep folder completed with the same overrides (see :mod:`.resume`).
+    """
+
+    def __init__(
+        self,
+        gpus: Any = "auto",
+        jobs_per_gpu: int = 1,
+        cpu_jobs: int = 1,
+        stagger_s: float = 0.0,
+        skip_completed: bool = False,
+    ) -> None:
         self.gpus = list(gpus) if not isinstance(gpus, str) else gpus
         self.jobs_per_gpu = jobs_per_gpu
         self.cpu_jobs = cpu_jobs
+        self.stagger_s = float(stagger_s)
+        self.skip_completed = bool(skip_completed)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -74,6 +89,10 @@ class GpuPoolLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        return self.launch_numbered(list(enumerate(job_overrides, start=initial_job_idx)))
+
+    def launch_numbered(self, jobs: Sequence[NumberedJob]) -> list[JobReturn]:
+        """Run jobs with explicit job numbers (which need not be consecutive); returns in order."""
         assert (
             self.config is not None
             and self.hydra_context is not None
@@ -83,21 +102,27 @@ class GpuPoolLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        skipped: dict[int, JobReturn] = {}
+        pending = list(jobs)
+        if self.skip_completed:
+            pending, skipped = skip_completed(self.config, self.hydra_context, jobs)
         slots = job_slots(self.gpus, self.jobs_per_gpu, self.cpu_jobs)
         where = (
             f"GPUs {sorted(set(s for s in slots if s is not None))}"
             if slots[0] is not None
             else "the CPU"
         )
+        stagger = f", starts {self.stagger_s:g} s apart" if self.stagger_s else ""
         log.info(
-            f"Launching {len(job_overrides)} jobs, {len(slots)} at a time on {where}; sweep dir {sweep_dir}"
+            f"Launching {len(pending)} jobs, {len(slots)} at a time on {where}{stagger}; "
+            f"sweep dir {sweep_dir}"
         )
         singleton_state = Singleton.get_state()
-        jobs = [
+        payloads = [
             (
                 cloudpickle.dumps(
                     (
-                        initial_job_idx + i,
+                        number,
                         overrides,
                         self.hydra_context,
                         self.config,
@@ -106,20 +131,42 @@ class GpuPoolLauncher(Launcher):
                     )
                 ),
             )
-            for i, overrides in enumerate(job_overrides)
+            for number, overrides in pending
         ]
 
-        def announce(index: int, slot: str | None) -> None:
-            device = f"GPU {slot}" if slot is not None else "CPU"
+        def announce(index: int, slot: Slot) -> None:
+            number, overrides = pending[index]
+            log.info(f"\t#{number} on {_device(slot)}: {' '.join(filter_overrides(overrides))}")
+
+        def finished(index: int, result: Any, timing: JobTiming) -> None:
+            status = "failed"
+            if isinstance(result, bytes):
+                status = cloudpickle.loads(result).status.name.lower()
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timing.started))
             log.info(
-                f"\t#{initial_job_idx + index} on {device}: {' '.join(filter_overrides(job_overrides[index]))}"
+                f"\t#{pending[index][0]} {status} on {_device(timing.slot)}: "
+                f"started {started}, wall time {timing.wall_s:.1f} s"
             )
 
-        results = run_on_slots(_execute_job, jobs, slots, on_start=announce)
-        return [
-            cloudpickle.loads(result) if isinstance(result, bytes) else _crashed(overrides, result)
-            for overrides, result in zip(job_overrides, results, strict=True)
-        ]
+        results = run_on_slots(
+            _execute_job,
+            payloads,
+            slots,
+            on_start=announce,
+            on_finish=finished,
+            stagger_s=self.stagger_s,
+        )
+        ran = {
+            number: cloudpickle.loads(result)
+            if isinstance(result, bytes)
+            else _crashed(overrides, result)
+            for (number, overrides), result in zip(pending, results, strict=True)
+        }
+        return [skipped[number] if number in skipped else ran[number] for number, _ in jobs]
+
+
+def _device(slot: Slot) -> str:
+    return f"GPU {slot}" if slot is not None else "CPU"
 
 
 def _crashed(overrides: Sequence[str], error: BaseException) -> JobReturn:

@@ -5,6 +5,9 @@ backbone x seed, plus one single-task run per attribute" is a union of two produ
 sweeper runs such a union as one multirun (one sweep folder, jobs numbered 0..N-1), so
 ``mtl-train -m experiment=NAME`` is the whole command. Overrides on the command line apply
 to every grid. Every job runs even when some fail; the sweep then ends with the first error.
+With ``skip_completed: true`` (on in the named experiments) a rerun into the same
+``hydra.sweep.dir`` skips the jobs that completed there before and runs the others, with any
+launcher (see :mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.mtl_celeba_launcher.resume import NumberedJob, skip_completed
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -54,8 +58,10 @@ class GridUnionSweeper(Sweeper):
         max_batch_size: int | None = None,
         params: Mapping[str, str] | None = None,
         grids: Sequence[Mapping[str, Any]] | None = None,
+        skip_completed: bool = False,
     ) -> None:
         self.max_batch_size = max_batch_size
+        self.skip_completed = bool(skip_completed)
         self.params = dict(params or {})
         self.grids = [dict(grid) for grid in grids or [{}]]
         self.hydra_context: HydraContext | None = None
@@ -83,21 +89,39 @@ class GridUnionSweeper(Sweeper):
         return jobs
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
-        assert self.config is not None
-        jobs = self.jobs(arguments)
-        size = self.max_batch_size or len(jobs)
+        assert self.config is not None and self.hydra_context is not None
+        jobs: list[NumberedJob] = list(enumerate(self.jobs(arguments)))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         log.info(f"Sweeping {len(jobs)} jobs from {len(self.grids)} grid(s) into {sweep_dir}")
-        returns = []
+        returns: list[Sequence[JobReturn]] = []
+        if self.skip_completed:
+            jobs, skipped = skip_completed(self.config, self.hydra_context, jobs)
+            if skipped:
+                returns.append(list(skipped.values()))
+        size = self.max_batch_size or len(jobs) or 1
         for start in range(0, len(jobs), size):
             batch = jobs[start : start + size]
-            self.validate_batch_is_legal(batch)
-            returns.append(self.launcher.launch(batch, initial_job_idx=start))
+            self.validate_batch_is_legal([overrides for _, overrides in batch])
+            returns.append(self._launch(batch))
         failed = [
             result for batch in returns for result in batch if result.status == JobStatus.FAILED
         ]
         if failed:
             _ = failed[0].return_value  # raises that job's error, as Hydra's basic sweeper does
         return returns
+
+    def _launch(self, batch: Sequence[NumberedJob]) -> Sequence[JobReturn]:
+        """Launch numbered jobs: all at once where the launcher takes job numbers (gpu_pool),
+        otherwise one launch per run of consecutive numbers (skipped jobs leave gaps)."""
+        if hasattr(self.launcher, "launch_numbered"):
+            return self.launcher.launch_numbered(batch)
+        results: list[JobReturn] = []
+        start = 0
+        for end in range(1, len(batch) + 1):
+            if end == len(batch) or batch[end][0] != batch[end - 1][0] + 1:
+                run = batch[start:end]
+                results.extend(self.launcher.launch([o for _, o in run], initial_job_idx=run[0][0]))
+                start = end
+        return results
