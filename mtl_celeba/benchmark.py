@@ -302,6 +302,7 @@ class Settings:
     window_steps: int
     warmup_steps: int
     overrides: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
 
     @property
     def total_steps(self) -> int:
@@ -354,6 +355,11 @@ def _parser() -> argparse.ArgumentParser:
         "--warmup-steps", type=int, help="untimed steps before the first window (CPU 2, GPU 30)"
     )
     parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated runs to make, in this order (default all: {','.join(VARIANTS)})",
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})"
     )
     parser.add_argument(
@@ -387,7 +393,13 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
         window_steps=pick(args.window_steps, 3, 30),
         warmup_steps=pick(args.warmup_steps, 2, 30),
         overrides=list(args.overrides),
+        variants=[name.strip() for name in args.variants.split(",") if name.strip()],
     )
+    unknown = [name for name in settings.variants if name not in VARIANTS]
+    if unknown or not settings.variants:
+        raise ConfigError(
+            f"--variants {args.variants!r}: choose from {', '.join(VARIANTS)}, comma-separated."
+        )
     if not settings.backbones:
         raise ConfigError("--backbones is empty: name at least one, e.g. --backbones resnet18.")
     for option, value, least in (
@@ -640,24 +652,36 @@ def run_plain(cfg: DictConfig, settings: Settings) -> RunResult:
     return RunResult(statistics.median(windows), windows, timer.first_step_s)
 
 
+#: Each ratio: (numerator, denominator) variants; with --variants only those measured are given.
+RATIOS = {
+    "fast_over_plain": ("fast", "plain"),
+    "fast_over_model_only": ("fast", "model_only"),
+    "fast_over_naive": ("fast", "naive"),
+    # step time is batch / throughput, so (t_dst - t_mtl) / t_mtl = mtl/dst - 1
+    "dst_overhead": ("mtl", "dst"),
+}
+
+
 def ratios(throughput: dict[str, float]) -> dict[str, float]:
-    """fast/plain, fast/model_only, fast/naive, and DST's share of step time over plain MTL."""
-    return {
-        "fast_over_plain": throughput["fast"] / throughput["plain"],
-        "fast_over_model_only": throughput["fast"] / throughput["model_only"],
-        "fast_over_naive": throughput["fast"] / throughput["naive"],
-        # step time is batch / throughput, so (t_dst - t_mtl) / t_mtl = mtl/dst - 1
-        "dst_overhead": throughput["mtl"] / throughput["dst"] - 1.0,
-    }
+    """fast/plain, fast/model_only, fast/naive, and DST's share of step time over plain MTL,
+    each where both of its variants were measured."""
+    result = {}
+    for name, (top, bottom) in RATIOS.items():
+        if top in throughput and bottom in throughput:
+            value = throughput[top] / throughput[bottom]
+            result[name] = value - 1.0 if name == "dst_overhead" else value
+    return result
 
 
 def plan_runs(settings: Settings) -> dict[str, dict[str, DictConfig]]:
     """The composed config of every (backbone, variant), with each backbone name checked."""
     plan: dict[str, dict[str, DictConfig]] = {}
     for backbone in settings.backbones:
-        plan[backbone] = {variant: compose_run(settings, backbone, variant) for variant in VARIANTS}
+        plan[backbone] = {
+            variant: compose_run(settings, backbone, variant) for variant in settings.variants
+        }
         try:
-            check_backbone_name(plan[backbone]["fast"].model.backbone)
+            check_backbone_name(plan[backbone][settings.variants[0]].model.backbone)
         except ConfigError as error:
             raise ConfigError(f"--backbones names {backbone}: {error}") from None
     return plan
@@ -668,7 +692,7 @@ def benchmark_backbone(
 ) -> dict[str, Any]:
     """All variants of one backbone; prints one line per variant as it completes."""
     runs: dict[str, RunResult] = {}
-    for variant in VARIANTS:
+    for variant in settings.variants:
         started = time.perf_counter()
         with quiet_lightning():
             if variant == "plain":
@@ -702,9 +726,9 @@ def benchmark_backbone(
         "window_spread": {v: window_spread(r.window_images_per_s) for v, r in runs.items()},
         "first_step_s": {v: r.first_step_s for v, r in runs.items()},
         **ratios(throughput),
-        "dst_callback_ms": runs["dst"].dst_callback_ms,
-        "fast_syncs_per_step": runs["fast"].syncs_per_step,
-        "fast_sync_sites": runs["fast"].sync_sites,
+        "dst_callback_ms": runs["dst"].dst_callback_ms if "dst" in runs else None,
+        "fast_syncs_per_step": runs["fast"].syncs_per_step if "fast" in runs else None,
+        "fast_sync_sites": runs["fast"].sync_sites if "fast" in runs else {},
     }
 
 
@@ -722,22 +746,29 @@ def device_name(cuda: bool) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def _ratio_cell(entry: dict[str, Any], name: str) -> str:
+    if name not in entry:
+        return "-"
+    return f"{100 * entry[name]:+.2f}%" if name == "dst_overhead" else f"{entry[name]:.2f}"
+
+
 def results_table(backbones: dict[str, dict[str, Any]]) -> str:
-    """Images/s per variant and the four ratios, one row per backbone."""
+    """Images/s per measured variant and the four ratios ("-" if not measured), one row per backbone."""
+    variants = [v for v in VARIANTS if any(v in e["images_per_s"] for e in backbones.values())]
     rows = [
         [
             name,
-            *(f"{entry['images_per_s'][variant]:.1f}" for variant in VARIANTS),
-            f"{entry['fast_over_plain']:.2f}",
-            f"{entry['fast_over_model_only']:.2f}",
-            f"{entry['fast_over_naive']:.2f}",
-            f"{100 * entry['dst_overhead']:+.2f}%",
+            *(
+                f"{entry['images_per_s'][v]:.1f}" if v in entry["images_per_s"] else "-"
+                for v in variants
+            ),
+            *(_ratio_cell(entry, ratio) for ratio in RATIOS),
         ]
         for name, entry in backbones.items()
     ]
     headers = [
         "backbone",
-        *VARIANTS,
+        *variants,
         "fast/plain",
         "fast/model_only",
         "fast/naive",

@@ -225,3 +225,17 @@ def test_device_cache_override_spares_the_naive_variant():
     assert benchmark.compose_run(settings, "resnet18", "fast").data.device_cache is True
     naive = benchmark.compose_run(settings, "resnet18", "naive").data
     assert naive.pipeline == "naive" and naive.device_cache is False
+
+
+def test_some_variants_give_the_ratios_they_can():
+    result = ratios({"plain": 100.0, "model_only": 95.0, "fast": 90.0})
+    assert result == pytest.approx({"fast_over_plain": 0.9, "fast_over_model_only": 90 / 95})
+    entry = {
+        "images_per_s": {"plain": 100.0, "fast": 90.0},
+        **ratios({"plain": 100.0, "fast": 90.0}),
+    }
+    table = benchmark.results_table({"resnet18": entry})
+    assert "| naive" not in table.splitlines()[0] and "| 0.90 " in table
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--variants", "plain,ceiling"])
+    assert exit_info.value.code == 2
