@@ -303,6 +303,8 @@ class Settings:
     warmup_steps: int
     overrides: list[str] = field(default_factory=list)
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    #: ``--strategies``: methods timed on the fast pipeline beside plain MTL.
+    strategies: list[str] = field(default_factory=list)
 
     @property
     def total_steps(self) -> int:
@@ -360,6 +362,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated runs to make, in this order (default all: {','.join(VARIANTS)})",
     )
     parser.add_argument(
+        "--strategies",
+        default="",
+        help=(
+            "comma-separated strategy configs (e.g. mtl,dst,pcgrad,famo) to time on the fast "
+            "pipeline, each step time printed relative to plain MTL's (MTL is added if missing)"
+        ),
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})"
     )
     parser.add_argument(
@@ -394,11 +404,19 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
         warmup_steps=pick(args.warmup_steps, 2, 30),
         overrides=list(args.overrides),
         variants=[name.strip() for name in args.variants.split(",") if name.strip()],
+        strategies=_strategy_list(args.strategies),
     )
     unknown = [name for name in settings.variants if name not in VARIANTS]
     if unknown or not settings.variants:
         raise ConfigError(
             f"--variants {args.variants!r}: choose from {', '.join(VARIANTS)}, comma-separated."
+        )
+    known = sorted(path.stem for path in (CONFIG_DIR / "strategy").glob("*.yaml"))
+    bad = [name for name in settings.strategies if name not in known or name == "stl"]
+    if bad:
+        raise ConfigError(
+            f"--strategies names {', '.join(bad)}: choose from "
+            f"{', '.join(k for k in known if k != 'stl')}, comma-separated."
         )
     if not settings.backbones:
         raise ConfigError("--backbones is empty: name at least one, e.g. --backbones resnet18.")
@@ -423,6 +441,12 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
     return settings
 
 
+def _strategy_list(text: str) -> list[str]:
+    """``--strategies`` as a list, plain MTL first (every method is timed relative to it)."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    return ["mtl", *(name for name in names if name != "mtl")] if names else []
+
+
 # ------------------------------------------------------------- configuration
 def model_overrides(backbone: str) -> list[str]:
     """``model=NAME`` when conf/model has that config, else a torchvision name on the default."""
@@ -431,8 +455,15 @@ def model_overrides(backbone: str) -> list[str]:
     return [f"model.backbone={backbone}"]
 
 
-def compose_run(settings: Settings, backbone: str, variant: str) -> DictConfig:
-    """The ``conf/train.yaml`` composition of one run: what ``mtl-train`` would train."""
+def compose_run(
+    settings: Settings, backbone: str, variant: str, strategy: str | None = None
+) -> DictConfig:
+    """The ``conf/train.yaml`` composition of one run: what ``mtl-train`` would train.
+
+    ``strategy`` (with the ``mtl`` variant) times that strategy on the fast pipeline instead.
+    """
+    if strategy is None:
+        strategy = "dst" if variant == "dst" else "mtl"
     overrides = [
         *model_overrides(backbone),
         *(["data=celeba"] if settings.data_source == "celeba" else []),
@@ -443,7 +474,7 @@ def compose_run(settings: Settings, backbone: str, variant: str) -> DictConfig:
         f"data.num_workers={settings.workers}",
         f"data.pipeline={'naive' if variant == 'naive' else 'cached'}",
         f"model.compile={str(settings.compile).lower()}",
-        f"strategy={'dst' if variant == 'dst' else 'mtl'}",
+        f"strategy={strategy}",
         *(["strategy.gate_every=epoch"] if variant == "dst" else []),
         *settings.overrides,
         # the naive pipeline decodes JPEGs: a device cache (data.device_cache=true) is for the rest
@@ -496,8 +527,14 @@ def quiet_lightning() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
-    """Train ``settings.total_steps`` steps of one variant and time its windows."""
+def run_variant(
+    cfg: DictConfig, settings: Settings, variant: str, with_strategy: bool = False
+) -> RunResult:
+    """Train ``settings.total_steps`` steps of one variant and time its windows.
+
+    ``with_strategy`` adds the config's strategy callback (``--strategies`` runs, on the
+    ``mtl`` variant's settings: fast pipeline, an epoch end in every window).
+    """
     cuda = settings.accelerator == "gpu"
     L.seed_everything(int(cfg.seed), verbose=False)
     if variant == "model_only":
@@ -519,6 +556,8 @@ def run_variant(cfg: DictConfig, settings: Settings, variant: str) -> RunResult:
     if variant == "dst":
         dst = instantiate(cfg.strategy.callback, _target_=f"{__name__}.TimedDST")
         callbacks.append(dst)
+    elif with_strategy:
+        callbacks.append(instantiate(cfg.strategy.callback))
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as run_dir:
         trainer = L.Trainer(
             accelerator=settings.accelerator,
@@ -680,6 +719,10 @@ def plan_runs(settings: Settings) -> dict[str, dict[str, DictConfig]]:
         plan[backbone] = {
             variant: compose_run(settings, backbone, variant) for variant in settings.variants
         }
+        for strategy in settings.strategies:
+            plan[backbone][f"strategy:{strategy}"] = compose_run(
+                settings, backbone, "mtl", strategy
+            )
         try:
             check_backbone_name(plan[backbone][settings.variants[0]].model.backbone)
         except ConfigError as error:
@@ -719,8 +762,9 @@ def benchmark_backbone(
                 "(initial-loss pass)"
             )
     throughput = {variant: run.images_per_s for variant, run in runs.items()}
+    strategies = benchmark_strategies(settings, backbone, configs)
     return {
-        "model": str(configs["fast"].model.backbone),
+        "model": str(next(iter(configs.values())).model.backbone),
         "images_per_s": throughput,
         "window_images_per_s": {v: r.window_images_per_s for v, r in runs.items()},
         "window_spread": {v: window_spread(r.window_images_per_s) for v, r in runs.items()},
@@ -729,7 +773,50 @@ def benchmark_backbone(
         "dst_callback_ms": runs["dst"].dst_callback_ms if "dst" in runs else None,
         "fast_syncs_per_step": runs["fast"].syncs_per_step if "fast" in runs else None,
         "fast_sync_sites": runs["fast"].sync_sites if "fast" in runs else {},
+        **({"strategies": strategies} if strategies else {}),
     }
+
+
+def benchmark_strategies(
+    settings: Settings, backbone: str, configs: dict[str, DictConfig]
+) -> dict[str, dict[str, float]]:
+    """``--strategies``: each method's throughput and step time relative to plain MTL's, all
+    on the fast pipeline with an epoch end in every window (where per-epoch methods work)."""
+    measured: dict[str, RunResult] = {}
+    for strategy in settings.strategies:
+        with quiet_lightning():
+            run = run_variant(configs[f"strategy:{strategy}"], settings, "mtl", with_strategy=True)
+        measured[strategy] = run
+        spread = window_spread(run.window_images_per_s)
+        unsteady = f"  UNSTEADY: windows differ {spread:.2f}x" if spread > UNSTEADY_SPREAD else ""
+        print(
+            f"  {backbone:<10} {'strategy ' + strategy:<32} {run.images_per_s:9.1f} images/s"
+            f"{unsteady}",
+            flush=True,
+        )
+    if not measured:
+        return {}
+    mtl = measured["mtl"].images_per_s
+    return {
+        name: {
+            "images_per_s": run.images_per_s,
+            "window_spread": window_spread(run.window_images_per_s),
+            # step time is batch / throughput: t_method / t_mtl = mtl / method
+            "step_time_vs_mtl": mtl / run.images_per_s,
+        }
+        for name, run in measured.items()
+    }
+
+
+def strategies_table(backbones: dict[str, dict[str, Any]]) -> str:
+    """One row per (backbone, strategy): images/s and step time relative to plain MTL."""
+    rows = [
+        [name, strategy, f"{entry['images_per_s']:.1f}", f"{entry['step_time_vs_mtl']:.2f}x"]
+        for name, result in backbones.items()
+        for strategy, entry in result.get("strategies", {}).items()
+    ]
+    headers = ["backbone", "strategy", "images/s", "step time vs MTL"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 # ------------------------------------------------------------------ reporting
@@ -845,6 +932,9 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(args.out, report(settings, device, load, results))
     print()
     print(results_table(results))
+    if settings.strategies:
+        print()
+        print(strategies_table(results))
     print(
         "\nimages/s: median over the timed windows. fast/plain: the share of a plain PyTorch "
         "loop's speed (same network, no Lightning, no metrics) that the fast pipeline reaches. "

@@ -105,6 +105,52 @@ def test_bad_options_end_with_one_line(capsys):
     assert "resnet18" in capsys.readouterr().err  # suggested
 
 
+def test_unknown_strategies_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--strategies", "pcgrad,pcgard"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--strategies names pcgard" in error and "famo" in error
+
+
+def test_strategy_list_puts_mtl_first():
+    assert benchmark._strategy_list("famo, dst,famo") == ["mtl", "famo", "dst"]
+    assert benchmark._strategy_list("") == []
+
+
+@pytest.mark.slow
+def test_bench_times_strategies_relative_to_mtl(synthetic_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "--backbones=resnet18",
+            "--image-size=32",
+            "--batch-size=16",
+            "--windows=2",
+            "--window-steps=2",
+            "--warmup-steps=1",
+            "--workers=0",
+            "--variants=fast",
+            "--strategies=pcgrad,famo",
+            f"--data-root={synthetic_root}",
+            "--num-images=400",
+            f"--out={out}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.cache_workers=1",
+            "model.head_hidden=[16]",
+        ]
+    )
+    assert "step time vs MTL" in capsys.readouterr().out
+    strategies = json.loads(out.read_text())["backbones"]["resnet18"]["strategies"]
+    assert list(strategies) == ["mtl", "pcgrad", "famo"]
+    mtl = strategies["mtl"]["images_per_s"]
+    assert strategies["mtl"]["step_time_vs_mtl"] == pytest.approx(1.0)
+    for name in ("pcgrad", "famo"):
+        entry = strategies[name]
+        assert entry["images_per_s"] > 0
+        assert entry["step_time_vs_mtl"] == pytest.approx(mtl / entry["images_per_s"])
+
+
 def test_device_name_names_the_cpu():
     assert benchmark.device_name(cuda=False).endswith(" cores")
 

@@ -181,3 +181,20 @@ def test_parallel_jobs_share_one_cache_build(jpeg_folder, tmp_path: Path):
     assert files[0] == files[1]
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     assert not list((tmp_path / "cache").glob("*partial*"))
+
+
+def test_squash_and_crop_caches_are_separate_files(synthetic_root, tmp_path):
+    """The cache key holds the resize mode: a squashed split never reuses a cropped one."""
+    import numpy as np
+
+    from mtl_celeba.data.cache import cache_file, load_or_build_cache
+    from mtl_celeba.data.images import load_face
+
+    image_dir = synthetic_root / "celeba" / "img_align_celeba"
+    ids = sorted(p.name for p in image_dir.glob("*.jpg"))[:3]
+    crop = cache_file(tmp_path, "train", image_dir, ids, 32)
+    squash = cache_file(tmp_path, "train", image_dir, ids, 32, "squash")
+    assert crop != squash
+    images = load_or_build_cache(tmp_path, "train", image_dir, ids, 32, workers=1, resize="squash")
+    expected = np.stack([load_face(image_dir / i, 32, resize="squash") for i in ids])
+    np.testing.assert_array_equal(images, expected)

@@ -29,7 +29,7 @@ DECODER_VERSION = 1
 _CHUNK = 256
 
 
-def cache_key(image_dir: Path, image_ids: Sequence[str], size: int) -> str:
+def cache_key(image_dir: Path, image_ids: Sequence[str], size: int, resize: str = "crop") -> str:
     """A short hash of everything that determines a cache file's content.
 
     The image folder's modification time is included, so adding, removing or renaming
@@ -38,27 +38,32 @@ def cache_key(image_dir: Path, image_ids: Sequence[str], size: int) -> str:
     digest = hashlib.sha1()
     image_dir = Path(image_dir).resolve()
     header = f"{image_dir}|{image_dir.stat().st_mtime_ns}|{size}|{CROP_SIDE}|{DECODER_VERSION}|"
+    if resize != "crop":  # the default keeps its old key, so existing caches stay valid
+        header += f"{resize}|"
     digest.update(header.encode())
     digest.update("\n".join(image_ids).encode())
     return digest.hexdigest()[:16]
 
 
 def cache_file(
-    cache_dir: Path, split: str, image_dir: Path, image_ids: Sequence[str], size: int
+    cache_dir: Path,
+    split: str,
+    image_dir: Path,
+    image_ids: Sequence[str],
+    size: int,
+    resize: str = "crop",
 ) -> Path:
     """Where the cache of one split lives."""
-    return (
-        Path(cache_dir)
-        / f"{split}-{size}px-{len(image_ids)}-{cache_key(image_dir, image_ids, size)}.npy"
-    )
+    key = cache_key(image_dir, image_ids, size, resize)
+    return Path(cache_dir) / f"{split}-{size}px-{len(image_ids)}-{key}.npy"
 
 
-def _fill_chunk(args: tuple[str, int, int, list[str]]) -> int:
+def _fill_chunk(args: tuple[str, int, int, list[str], str]) -> int:
     """Decode one chunk of images straight into the partial memory map (runs in a worker)."""
-    partial, start, size, paths = args
+    partial, start, size, paths, resize = args
     array = np.load(partial, mmap_mode="r+")
     for offset, path in enumerate(paths):
-        array[start + offset] = load_face(path, size)
+        array[start + offset] = load_face(path, size, resize)
     array.flush()
     return len(paths)
 
@@ -69,6 +74,7 @@ def build_cache(
     size: int,
     workers: int | None = None,
     description: str = "caching images",
+    resize: str = "crop",
 ) -> Path:
     """Decode every image into ``path`` (a ``.npy`` of shape (N, size, size, 3), uint8), atomically."""
     path = Path(path)
@@ -80,7 +86,7 @@ def build_cache(
     )
     del array
     jobs = [
-        (str(partial), start, size, [str(p) for p in image_paths[start : start + _CHUNK]])
+        (str(partial), start, size, [str(p) for p in image_paths[start : start + _CHUNK]], resize)
         for start in range(0, len(image_paths), _CHUNK)
     ]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
@@ -108,9 +114,13 @@ def load_or_build_cache(
     image_ids: Sequence[str],
     size: int,
     workers: int | None = None,
+    resize: str = "crop",
 ) -> np.ndarray:
-    """The memory-mapped uint8 images of one split, building the cache file first if needed."""
-    path = cache_file(cache_dir, split, image_dir, image_ids, size)
+    """The memory-mapped uint8 images of one split, building the cache file first if needed.
+
+    ``resize`` is :func:`~mtl_celeba.data.images.load_face`'s mode (crop or squash).
+    """
+    path = cache_file(cache_dir, split, image_dir, image_ids, size, resize)
     if not path.exists():
         try:
             # Jobs running side by side share a cache: one builds, the others wait and reuse it.
@@ -118,7 +128,7 @@ def load_or_build_cache(
                 if not path.exists():
                     paths = [Path(image_dir) / image_id for image_id in image_ids]
                     description = f"caching {split} at {size}px"
-                    build_cache(path, paths, size, workers, description=description)
+                    build_cache(path, paths, size, workers, description, resize)
         except OSError as error:
             if path.exists():
                 raise

@@ -105,11 +105,6 @@ class CelebADataModule(L.LightningDataModule):
         super().__init__()
         if resize not in RESIZE_MODES:
             raise ConfigError(f"data.resize is {resize!r}: use one of {', '.join(RESIZE_MODES)}.")
-        if resize != "crop" and pipeline == "cached":
-            raise ConfigError(
-                f"data.resize={resize} needs data.pipeline=naive: the image cache does not yet "
-                "tell resize modes apart."
-            )
         if source not in SOURCES:
             raise ConfigError(f"data.source is {source!r}: use one of {', '.join(SOURCES)}.")
         if pipeline not in PIPELINES:
@@ -195,6 +190,7 @@ class CelebADataModule(L.LightningDataModule):
             list(image_ids),
             self.image_size,
             self.cache_workers,
+            self.resize,
         )
 
     def _dataset(self, split: str, image_ids: np.ndarray, labels: np.ndarray) -> Dataset:
@@ -207,6 +203,7 @@ class CelebADataModule(L.LightningDataModule):
                 list(image_ids),
                 self.image_size,
                 self.cache_workers,
+                self.resize,
             )
             return CachedFaces(images, labels)
         transform = naive_transform(
