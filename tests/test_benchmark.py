@@ -242,8 +242,9 @@ def test_unsupported_precision_is_refused(capsys):
     assert "--precision" in capsys.readouterr().err
 
 
-def test_unknown_override_is_a_config_error():
-    settings = SimpleNamespace(
+def compose_settings(*overrides: str) -> SimpleNamespace:
+    """The settings compose_run reads, for a tiny synthetic run with ``overrides``."""
+    return SimpleNamespace(
         data_source="synthetic",
         data_root=None,
         num_images=400,
@@ -251,23 +252,18 @@ def test_unknown_override_is_a_config_error():
         batch_size=16,
         workers=0,
         compile=False,
-        overrides=["data.no_such_key=1"],
+        overrides=list(overrides),
     )
+
+
+def test_unknown_override_is_a_config_error():
+    settings = compose_settings("data.no_such_key=1")
     with pytest.raises(benchmark.ConfigError, match="no_such_key"):
         benchmark.compose_run(settings, "resnet18", "fast")
 
 
 def test_device_cache_override_spares_the_naive_variant():
-    settings = SimpleNamespace(
-        data_source="synthetic",
-        data_root=None,
-        num_images=400,
-        image_size=32,
-        batch_size=16,
-        workers=0,
-        compile=False,
-        overrides=["data.device_cache=true"],
-    )
+    settings = compose_settings("data.device_cache=true")
     assert benchmark.compose_run(settings, "resnet18", "fast").data.device_cache is True
     naive = benchmark.compose_run(settings, "resnet18", "naive").data
     assert naive.pipeline == "naive" and naive.device_cache is False
