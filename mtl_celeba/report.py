@@ -616,7 +616,9 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
                 for _, row in configurations.iterrows()
             ]
         )
-        lines += [f"### {' · '.join(str(v) for v in values if not pd.isna(v))}", ""]
+        # "-" marks a context that does not apply (e.g. no transfer setting): not shown
+        title = " · ".join(str(v) for v in values if not pd.isna(v) and v != "-")
+        lines += [f"### {title}", ""]
         lines += [f"- {sentences[c]}" for c in configurations["configuration"] if c in sentences]
         if sentences.empty:
             lines.append("No configuration besides MTL here: nothing to compare with MTL.")
