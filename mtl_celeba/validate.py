@@ -64,6 +64,11 @@ def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
 
 
+def either(*checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A value any of ``checks`` accepts."""
+    return lambda value: any(check(value) for check in checks)
+
+
 def one_of(*choices: Any) -> Callable[[Any], bool]:
     return lambda value: value in choices
 
@@ -94,7 +99,13 @@ TRAIN_RULES: tuple[Rule, ...] = (
     # ranges of the synthetic generator's own keys are checked by the generator
     Rule("data.num_images", integer(), "an integer", "data.num_images=12000"),
     Rule("data.seed", integer(0, 2**32 - 1), "an integer in [0, 2**32)", "data.seed=0"),
-    Rule("data.label_noise", number(), "a number", "data.label_noise=0.1"),
+    # a fraction, or a preset name such as celeba (the generator checks which presets exist)
+    Rule(
+        "data.label_noise",
+        either(number(), string),
+        "a number or a preset name",
+        "data.label_noise=0.1",
+    ),
     Rule("data.max_shift", integer(0), "an integer >= 0 (pixels)", "data.max_shift=4"),
     Rule("data.flip", boolean, "true or false", "data.flip=false"),
     Rule("data.pin_memory", boolean, "true or false", "data.pin_memory=false"),

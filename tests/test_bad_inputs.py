@@ -91,6 +91,7 @@ def test_unknown_keys_and_options_say_did_you_mean(overrides, expected):
         ["experiment=dst_vs_baselines"],
         ["data=celeba", "data.root=/some/copy", "data.image_size=64"],
         ["debug=fast", "trainer=cpu", "data.attributes=[Male,Smiling]"],
+        ["data.label_noise=celeba"],
     ],
 )
 def test_valid_command_lines_pass(overrides):
