@@ -105,6 +105,27 @@ def test_bad_options_end_with_one_line(capsys):
     assert "resnet18" in capsys.readouterr().err  # suggested
 
 
+def tiny_bench_args(synthetic_root: Path, tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    """mtl-bench arguments for a seconds-long run on the tiny synthetic CelebA, plus ``extra``
+    (options may follow the Hydra overrides: argparse takes them wherever they stand)."""
+    return [
+        "--backbones=resnet18",
+        "--image-size=32",
+        "--batch-size=16",
+        "--windows=2",
+        "--window-steps=2",
+        "--warmup-steps=1",
+        "--workers=0",
+        f"--data-root={synthetic_root}",
+        "--num-images=400",
+        f"--out={out}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.cache_workers=1",
+        "model.head_hidden=[16]",
+        *extra,
+    ]
+
+
 def test_unknown_strategies_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--strategies", "pcgrad,pcgard"])
@@ -122,23 +143,9 @@ def test_strategy_list_puts_mtl_first():
 def test_bench_times_strategies_relative_to_mtl(synthetic_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "bench.json"
     main(
-        [
-            "--backbones=resnet18",
-            "--image-size=32",
-            "--batch-size=16",
-            "--windows=2",
-            "--window-steps=2",
-            "--warmup-steps=1",
-            "--workers=0",
-            "--variants=fast",
-            "--strategies=pcgrad,famo",
-            f"--data-root={synthetic_root}",
-            "--num-images=400",
-            f"--out={out}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.cache_workers=1",
-            "model.head_hidden=[16]",
-        ]
+        tiny_bench_args(
+            synthetic_root, tmp_path, out, "--variants=fast", "--strategies=pcgrad,famo"
+        )
     )
     assert "step time vs MTL" in capsys.readouterr().out
     strategies = json.loads(out.read_text())["backbones"]["resnet18"]["strategies"]
@@ -158,24 +165,7 @@ def test_device_name_names_the_cpu():
 @pytest.mark.slow
 def test_bench_runs_end_to_end(synthetic_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "bench" / "bench.json"
-    main(
-        [
-            "--backbones=resnet18",
-            "--image-size=32",
-            "--batch-size=16",
-            "--windows=2",
-            "--window-steps=2",
-            "--warmup-steps=1",
-            "--workers=0",
-            f"--data-root={synthetic_root}",
-            "--num-images=400",
-            f"--out={out}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.cache_workers=1",
-            "model.head_hidden=[16]",
-            "++strategy.measurement_batches=2",
-        ]
-    )
+    main(tiny_bench_args(synthetic_root, tmp_path, out, "++strategy.measurement_batches=2"))
     printed = capsys.readouterr().out
     assert "fast/plain" in printed and str(out) in printed
 

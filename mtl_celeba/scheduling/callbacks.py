@@ -70,10 +70,8 @@ class TaskGating(TaskStrategy):
     def combine(self, step: TaskStep) -> Tensor:
         self._active_steps += self.gates  # on the device: no host sync per step
         self._steps += 1
-        gated = self.gates * step.losses
-        if self.loss_weights is not None:
-            gated = self.gates * self.loss_weights * step.losses
-        return gated.sum()
+        weights = self.gates if self.loss_weights is None else self.gates * self.loss_weights
+        return (weights * step.losses).sum()
 
     # -- Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
