@@ -1,5 +1,7 @@
 """The uint8 cache and the device-side transform (the fast pipeline) against the naive path."""
 
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +82,38 @@ def test_cache_builds_reuses_and_rebuilds(jpeg_folder, tmp_path: Path, monkeypat
     assert cache_file(cache_dir, "train", folder, names, 24) != before
 
 
-def test_cache_build_in_parallel_matches_serial(jpeg_folder, tmp_path: Path):
+def test_cache_build_in_parallel_matches_serial(jpeg_folder, tmp_path: Path, monkeypatch):
     folder, names = jpeg_folder
     paths = [folder / n for n in names]
     serial = np.load(build_cache(tmp_path / "serial.npy", paths, 20, workers=1))
+    monkeypatch.setattr(cache_module, "_CHUNK", 3)  # several chunks, so the threads share work
+    threads = []
+    decode = cache_module.load_face
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "load_face", spy)
     parallel = np.load(build_cache(tmp_path / "parallel.npy", paths, 20, workers=2))
     np.testing.assert_array_equal(serial, parallel)
+    assert all(name.startswith("cache") for name in threads), "decoded by the pool's threads"
+
+
+def test_cache_worker_count_follows_the_split_size():
+    assert cache_module.cache_workers(100, 8) == 1, "a small split needs no pool"
+    assert cache_module.cache_workers(1000, 8) == 4, "one thread per 256 images at most"
+    assert cache_module.cache_workers(100_000, 8) == 8
+    assert cache_module.cache_workers(100_000) == (os.cpu_count() or 1)
+
+
+def test_failed_parallel_cache_build_leaves_nothing(jpeg_folder, tmp_path: Path, monkeypatch):
+    folder, names = jpeg_folder
+    (folder / names[7]).write_bytes(b"broken")
+    monkeypatch.setattr(cache_module, "_CHUNK", 3)
+    with pytest.raises(DataError, match=names[7]):
+        build_cache(tmp_path / "cache" / "c.npy", [folder / n for n in names], 16, workers=2)
+    assert list((tmp_path / "cache").iterdir()) == [], "no cache and no partial file"
 
 
 def test_interrupted_cache_build_leaves_no_valid_cache(jpeg_folder, tmp_path: Path):

@@ -12,9 +12,9 @@ parallel jobs, on one machine or many, share one build (:mod:`mtl_celeba.data.bu
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +58,10 @@ def cache_file(
     return Path(cache_dir) / f"{split}-{size}px-{len(image_ids)}-{key}.npy"
 
 
-def _fill_chunk(args: tuple[str, int, int, list[str], str]) -> int:
-    """Decode one chunk of images straight into the partial memory map (runs in a worker)."""
-    partial, start, size, paths, resize = args
-    array = np.load(partial, mmap_mode="r+")
-    for offset, path in enumerate(paths):
-        array[start + offset] = load_face(path, size, resize)
-    array.flush()
-    return len(paths)
+def cache_workers(num_images: int, workers: int | None = None) -> int:
+    """Threads for decoding ``num_images``: ``workers`` (default: all cores), but one per
+    :data:`_CHUNK` images at most, so a small split is decoded in the calling thread."""
+    return max(1, min(workers or os.cpu_count() or 1, -(-num_images // _CHUNK)))
 
 
 def build_cache(
@@ -76,7 +72,12 @@ def build_cache(
     description: str = "caching images",
     resize: str = "crop",
 ) -> Path:
-    """Decode every image into ``path`` (a ``.npy`` of shape (N, size, size, 3), uint8), atomically."""
+    """Decode every image into ``path`` (a ``.npy`` of shape (N, size, size, 3)), atomically.
+
+    Chunks of images are decoded by a pool of threads: Pillow releases the GIL while it
+    decodes and resizes, so threads scale like processes here without starting interpreters
+    that import the training stack (spawned workers cost tens of seconds each on a small CPU).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(path)
@@ -84,21 +85,29 @@ def build_cache(
     array = np.lib.format.open_memmap(
         partial, mode="w+", dtype=np.uint8, shape=(len(image_paths), size, size, 3)
     )
-    del array
-    jobs = [
-        (str(partial), start, size, [str(p) for p in image_paths[start : start + _CHUNK]], resize)
-        for start in range(0, len(image_paths), _CHUNK)
-    ]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+
+    def fill(start: int) -> int:
+        chunk = image_paths[start : start + _CHUNK]
+        for offset, image_path in enumerate(chunk):
+            array[start + offset] = load_face(image_path, size, resize)
+        return len(chunk)
+
+    starts = range(0, len(image_paths), _CHUNK)
     try:
         with tqdm(total=len(image_paths), desc=description, unit="img", dynamic_ncols=True) as bar:
-            if workers == 1:
-                for job in jobs:
-                    bar.update(_fill_chunk(job))
+            threads = cache_workers(len(image_paths), workers)
+            if threads == 1:
+                for start in starts:
+                    bar.update(fill(start))
             else:
-                with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                    for done in pool.imap_unordered(_fill_chunk, jobs):
+                pool = ThreadPoolExecutor(threads, thread_name_prefix="cache")
+                try:
+                    for done in pool.map(fill, starts):
                         bar.update(done)
+                finally:  # on an error or Ctrl-C, drop the chunks not started yet
+                    pool.shutdown(wait=True, cancel_futures=True)
+        array.flush()
+        del array
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         publish(partial, path)
