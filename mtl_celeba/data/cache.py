@@ -11,6 +11,7 @@ parallel jobs, on one machine or many, share one build (:mod:`mtl_celeba.data.bu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -58,6 +59,16 @@ def cache_file(
     return Path(cache_dir) / f"{split}-{size}px-{len(image_ids)}-{key}.npy"
 
 
+def _fill_chunk(
+    array: np.ndarray, image_paths: Sequence[Path], size: int, resize: str, start: int
+) -> int:
+    """Decode the images of the chunk at ``start`` into ``array``; returns how many."""
+    chunk = image_paths[start : start + _CHUNK]
+    for offset, image_path in enumerate(chunk):
+        array[start + offset] = load_face(image_path, size, resize)
+    return len(chunk)
+
+
 def cache_workers(num_images: int, workers: int | None = None) -> int:
     """Threads for decoding ``num_images``: ``workers`` (default: all cores), but one per
     :data:`_CHUNK` images at most, so a small split is decoded in the calling thread."""
@@ -86,12 +97,7 @@ def build_cache(
         partial, mode="w+", dtype=np.uint8, shape=(len(image_paths), size, size, 3)
     )
 
-    def fill(start: int) -> int:
-        chunk = image_paths[start : start + _CHUNK]
-        for offset, image_path in enumerate(chunk):
-            array[start + offset] = load_face(image_path, size, resize)
-        return len(chunk)
-
+    fill = functools.partial(_fill_chunk, array, image_paths, size, resize)
     starts = range(0, len(image_paths), _CHUNK)
     try:
         with tqdm(total=len(image_paths), desc=description, unit="img", dynamic_ncols=True) as bar:
