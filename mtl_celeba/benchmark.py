@@ -52,17 +52,16 @@ from omegaconf.errors import OmegaConfBaseException
 from tabulate import tabulate
 from torch import Tensor, nn
 
-from mtl_celeba.config import CONFIG_DIR, PROJECT_ROOT, instantiate
+from mtl_celeba.commands import BENCH_VARIANTS as VARIANTS
+from mtl_celeba.config import CONFIG_DIR, instantiate
 from mtl_celeba.data.augment import device_transform
 from mtl_celeba.data.datamodule import CelebADataModule
-from mtl_celeba.errors import ConfigError, exit_on_user_error
+from mtl_celeba.errors import ConfigError
 from mtl_celeba.io import write_json_atomic
 from mtl_celeba.models.backbones import build_backbone, check_backbone_name
 from mtl_celeba.models.optim import build_optimizer
 from mtl_celeba.scheduling.callbacks import DroppedScheduledTask
 
-#: The runs made for each backbone, in the order they run.
-VARIANTS = ("plain", "model_only", "fast", "naive", "mtl", "dst")
 VARIANT_LABELS = {
     "plain": "plain PyTorch loop (no Lightning)",
     "model_only": "module only (batch on device)",
@@ -71,7 +70,6 @@ VARIANT_LABELS = {
     "mtl": "fast, plain MTL, epoch = window",
     "dst": "fast, DST, epoch = window",
 }
-DEFAULT_OUT = PROJECT_ROOT / "outputs" / "bench" / "bench.json"
 
 
 # ------------------------------------------------------------------ measurement
@@ -309,75 +307,6 @@ class Settings:
     @property
     def total_steps(self) -> int:
         return self.warmup_steps + self.windows * self.window_steps
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtl-bench",
-        description=(
-            "Training throughput (images/s) of a plain PyTorch loop, the project's module on a "
-            "device-resident batch, the fast and the naive input pipelines, and DST against "
-            "plain MTL, on the device found (CUDA, else CPU). "
-            "Defaults depend on the device (CPU / GPU)."
-        ),
-    )
-    parser.add_argument(
-        "--backbones",
-        default=None,
-        help="comma-separated model configs or torchvision names (CPU: resnet18; GPU: resnet18,vgg16)",
-    )
-    parser.add_argument("--image-size", type=int, help="image side in pixels (CPU 64, GPU 128)")
-    parser.add_argument("--batch-size", type=int, help="training batch size (CPU 64, GPU 256)")
-    parser.add_argument("--precision", help="Lightning precision (CPU 32-true, GPU bf16-mixed)")
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the backbone (model.compile=true)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="DataLoader workers of the fast and naive pipelines (CPU 1, GPU min(8, cores))",
-    )
-    parser.add_argument(
-        "--num-images", type=int, help="synthetic CelebA size (CPU 3000, GPU 30000)"
-    )
-    parser.add_argument(
-        "--data-source",
-        choices=("synthetic", "celeba"),
-        default="synthetic",
-        help="synthetic CelebA (generated once under data/) or a real CelebA copy",
-    )
-    parser.add_argument(
-        "--data-root", help="the CelebA folder (required with --data-source celeba)"
-    )
-    parser.add_argument("--windows", type=int, help="timed windows per run (CPU 3, GPU 5)")
-    parser.add_argument(
-        "--window-steps", type=int, help="training steps per window (CPU 3, GPU 30)"
-    )
-    parser.add_argument(
-        "--warmup-steps", type=int, help="untimed steps before the first window (CPU 2, GPU 30)"
-    )
-    parser.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated runs to make, in this order (default all: {','.join(VARIANTS)})",
-    )
-    parser.add_argument(
-        "--strategies",
-        default="",
-        help=(
-            "comma-separated strategy configs (e.g. mtl,dst,pcgrad,famo) to time on the fast "
-            "pipeline, each step time printed relative to plain MTL's (MTL is added if missing)"
-        ),
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})"
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="extra Hydra overrides of conf/train.yaml, e.g. attributes=all40 data.max_shift=4",
-    )
-    return parser
 
 
 def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
@@ -912,10 +841,9 @@ def print_header(settings: Settings, device: str, load: float | None) -> None:
         )
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    """``mtl-bench``: measure every variant, print the table and the ratios, write bench.json."""
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """``mtl-bench`` (parsed by :func:`mtl_celeba.commands.bench`): measure every variant,
+    print the table and the ratios, write bench.json."""
     cuda = torch.cuda.is_available()
     settings = resolve_settings(args, cuda)
     plan = plan_runs(settings)
@@ -956,4 +884,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mtl_celeba.commands import bench
+
+    bench()

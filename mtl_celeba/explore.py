@@ -31,17 +31,17 @@ from matplotlib.figure import Figure
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from mtl_celeba.config import CONFIG_DIR, PROJECT_ROOT
+from mtl_celeba.commands import EXPLORE_CRITERIA as CRITERIA
+from mtl_celeba.config import CONFIG_DIR
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES, resolve_attributes
 from mtl_celeba.data.celeba import SPLITS, CelebAIndex, load_celeba
 from mtl_celeba.data.images import load_face
-from mtl_celeba.errors import ConfigError, DataError, exit_on_user_error
+from mtl_celeba.errors import ConfigError, DataError
 from mtl_celeba.io import write_text_atomic
 from mtl_celeba.report_plots import save_figure
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("least_correlated", "balanced")
 #: How each selection criterion is stated in the summary.
 CRITERION_TEXT = {
     "balanced": (
@@ -376,62 +376,9 @@ def run(
 # --------------------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtl-explore",
-        description=(
-            "Attribute correlations (phi heatmap, clustered), positive rates per split, sample "
-            "grids, and a selector that writes an attributes=NAME preset."
-        ),
-    )
-    parser.add_argument(
-        "--root",
-        required=True,
-        type=Path,
-        help="a CelebA copy (any layout; the data.root of training) or a folder made by mtl-synth --out",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=PROJECT_ROOT / "outputs" / "explore",
-        help="folder for the PNGs, CSVs and summary.md (default outputs/explore)",
-    )
-    parser.add_argument("--select", type=int, default=None, metavar="K", help="pick K attributes")
-    parser.add_argument(
-        "--criterion",
-        choices=CRITERIA,
-        default="least_correlated",
-        help="how --select picks (default least_correlated; see summary.md for the exact rule)",
-    )
-    parser.add_argument(
-        "--name",
-        default=None,
-        help="preset name for the selection (default explore<K>_<criterion>)",
-    )
-    parser.add_argument(
-        "--preset-dir",
-        type=Path,
-        default=CONFIG_DIR / "attributes",
-        help="where the preset goes (default: the project's conf/attributes/)",
-    )
-    parser.add_argument("--force", action="store_true", help="replace an existing preset")
-    parser.add_argument(
-        "--attributes",
-        default=None,
-        help="comma-separated: the candidates for --select; without --select, the attributes to draw samples of",
-    )
-    parser.add_argument("--samples", type=int, default=8, help="images per side of a sample grid")
-    parser.add_argument("--image-size", type=int, default=96, help="pixels per sample image")
-    parser.add_argument("--pairs", type=int, default=10, help="pairs listed per table")
-    parser.add_argument("--seed", type=int, default=0, help="which sample images are drawn")
-    return parser
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    """``mtl-explore``: explore a data root from the command line."""
+def run_command(args: argparse.Namespace) -> None:
+    """``mtl-explore`` (parsed by :func:`mtl_celeba.commands.explore`): explore a data root."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    args = _parser().parse_args(argv)
     attributes = (
         [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     )
@@ -464,4 +411,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mtl_celeba.commands import explore
+
+    explore()

@@ -16,16 +16,13 @@ import glob
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from mtl_celeba.config import CONFIG_DIR
 from mtl_celeba.data.augment import normalize_uint8
 from mtl_celeba.data.images import load_face
 from mtl_celeba.errors import ConfigError, DataError, UserError
@@ -165,9 +162,8 @@ def predict(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def main(cfg: DictConfig) -> Any:
-    """Hydra entry point of ``mtl-predict``."""
+def run_command(cfg: DictConfig) -> None:
+    """``mtl-predict`` (Hydra entry :func:`mtl_celeba.commands.predict`): predict, say where."""
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -181,4 +177,6 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
+    from mtl_celeba.commands import predict as main
+
     main()

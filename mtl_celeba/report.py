@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mtl_celeba.errors import UserError, exit_on_user_error
+from mtl_celeba.errors import UserError
 from mtl_celeba.io import write_text_atomic
 from mtl_celeba.report_plots import write_plots
 from mtl_celeba.scheduling.dst import DST_METRICS
@@ -797,36 +797,6 @@ def render_markdown(
 # --------------------------------------------------------------------------- entry point
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mtl-report",
-        description="Compare the runs of Hydra sweep folders: report.md, report.csv and PNG plots.",
-    )
-    parser.add_argument(
-        "sweep_dirs",
-        nargs="+",
-        type=Path,
-        metavar="SWEEP_DIR",
-        help="sweep or run folders (searched at any depth)",
-    )
-    parser.add_argument(
-        "--out", type=Path, help="where to write the report (default: the first SWEEP_DIR)"
-    )
-    parser.add_argument(
-        "--metric",
-        default="accuracy",
-        help="test metric of metrics.json to compare: accuracy (default), balanced_accuracy, f1, auroc",
-    )
-    parser.add_argument(
-        "--stl-reference",
-        type=Path,
-        metavar="FILE",
-        help="single-task reference for Δm%% instead of STL runs: a CSV with columns task and "
-        "the metric (fractions), optionally backbone",
-    )
-    return parser.parse_args(argv)
-
-
 def write_report(
     sweep_dirs: Sequence[Path],
     out_dir: Path,
@@ -885,10 +855,8 @@ def write_report(
     return out_dir / REPORT_MD, summary_table(comparison), failed
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    """``mtl-report SWEEP_DIR [more dirs] [--out DIR] [--metric accuracy] [--stl-reference FILE]``."""
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace) -> None:
+    """``mtl-report`` (parsed by :func:`mtl_celeba.commands.report`): write and summarise."""
     out_dir = args.out or args.sweep_dirs[0]
     report, summary, failed = write_report(
         args.sweep_dirs, out_dir, args.metric, args.stl_reference
@@ -901,4 +869,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mtl_celeba.commands import report
+
+    report()

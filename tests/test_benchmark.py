@@ -14,11 +14,11 @@ from mtl_celeba import benchmark
 from mtl_celeba.benchmark import (
     VARIANTS,
     WindowTimer,
-    main,
     median_throughput,
     ratios,
     window_throughputs,
 )
+from mtl_celeba.commands import bench as main
 from mtl_celeba.models.optim import build_optimizer, fused_kwargs
 
 

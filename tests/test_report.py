@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from mtl_celeba.commands import report as main
 from mtl_celeba.errors import UserError
 from mtl_celeba.report import (
     collect_runs,
@@ -18,7 +19,6 @@ from mtl_celeba.report import (
     delta_m,
     drop_metrics_label,
     find_run_dirs,
-    main,
 )
 from mtl_celeba.report_plots import read_val_curves
 from mtl_celeba.scheduling.dst import HISTORY_COLUMNS

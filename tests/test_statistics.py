@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from mtl_celeba.commands import report as main
 from mtl_celeba.errors import UserError
 from mtl_celeba.report import (
     GROUP_KEYS,
     collect_runs,
     find_run_dirs,
-    main,
     read_stl_reference,
 )
 from mtl_celeba.statistics import (

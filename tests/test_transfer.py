@@ -56,7 +56,7 @@ def test_transfer_labels() -> None:
 
 @pytest.mark.slow
 def test_each_variant_trains_and_the_report_compares_them(compose_train, tmp_path: Path) -> None:
-    from mtl_celeba.report import main as report
+    from mtl_celeba.commands import report
     from mtl_celeba.train import train
 
     torch.manual_seed(123)
