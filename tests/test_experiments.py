@@ -27,6 +27,14 @@ def test_every_experiment_composes(experiment):
     assert cfg.data.attributes and cfg.strategy.name
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_grid_experiment_resumes(experiment):
+    """Rerunning a named grid into its sweep folder skips the jobs that completed there."""
+    cfg = compose_train([f"experiment={experiment}"])
+    if cfg.hydra.sweeper.get("grids") is not None:
+        assert cfg.hydra.sweeper.skip_completed is True
+
+
 @pytest.mark.parametrize(
     ("launcher", "target"),
     [
