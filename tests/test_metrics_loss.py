@@ -132,15 +132,19 @@ def test_task_metrics_match_torchmetrics_classes():
     torch.testing.assert_close(values["auroc"], auroc.compute().float())
 
 
-def test_atomic_writes_get_the_usual_file_mode(tmp_path):
-    """Results written atomically are readable like any file the user writes (not 0600)."""
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask, mode):
+    """Results written atomically (metrics.json, report.md, checkpoints, ...) get the mode any
+    file the user writes gets, 0666 less the umask, not mkstemp's owner-only 0600."""
     import os
 
-    from mtl_celeba.io import write_text_atomic
+    from mtl_celeba.io import write_json_atomic, write_text_atomic
 
-    mask = os.umask(0o022)
+    mask = os.umask(umask)
     try:
         write_text_atomic(tmp_path / "report.md", "text")
+        write_json_atomic(tmp_path / "metrics.json", {"a": 1})
     finally:
         os.umask(mask)
-    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == mode
