@@ -108,6 +108,7 @@ def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
     started = time.perf_counter()
+    timer = None
     resumed = auto_resume_checkpoint(cfg, run_dir)  # before metrics.json is rewritten below
     results: dict[str, Any] = {
         "status": "running",
@@ -134,7 +135,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
-        callbacks = instantiate_callbacks(cfg)
+        from mtl_celeba.timing import JobTimer
+
+        timer = JobTimer(started)
+        callbacks = [*instantiate_callbacks(cfg), timer]
         loggers = instantiate_loggers(cfg)
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:
@@ -179,7 +183,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise disk_full from None
         raise
     finally:
-        results["wall_time_s"] = round(time.perf_counter() - started, 2)
+        finished = time.perf_counter()
+        results["wall_time_s"] = round(finished - started, 2)
+        if timer is not None:
+            results["timing"] = timer.summary(finished)
         try:
             write_results(run_dir, results)
         except OSError as error:
