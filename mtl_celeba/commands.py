@@ -87,6 +87,20 @@ def bench_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=BENCH_OUT, help=f"results file (default {BENCH_OUT})"
     )
     parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help=(
+            "instead: run a small real sweep (one seed of dst_vs_baselines; the overrides "
+            "change it), report jobs/hour, device utilisation and each job's fixed cost, and "
+            "estimate make reproduce's wall time from them (writes sweep.json beside --out)"
+        ),
+    )
+    parser.add_argument(
+        "--sweep-dir",
+        type=Path,
+        help="with --sweep: the sweep folder (default: a new one under outputs/bench/)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         help="extra Hydra overrides of conf/train.yaml, e.g. attributes=all40 data.max_shift=4",
@@ -179,6 +193,11 @@ def report_parser() -> argparse.ArgumentParser:
 def bench(argv: list[str] | None = None) -> None:
     """``mtl-bench``: training throughput (see :mod:`mtl_celeba.benchmark`)."""
     args = bench_parser().parse_args(argv)
+    if args.sweep:
+        from mtl_celeba.sweep_bench import run_command
+
+        run_command(args)
+        return
     from mtl_celeba.benchmark import run
 
     run(args)
