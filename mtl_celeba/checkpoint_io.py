@@ -9,7 +9,8 @@ write removes the temporary file and ends the run with one line
 (:class:`~mtl_celeba.errors.DiskFullError` when the disk is full).
 
 Used as a Trainer plugin: ``plugins: [{_target_: mtl_celeba.checkpoint_io.AtomicCheckpointIO}]``
-in ``conf/trainer/default.yaml``.
+in ``conf/trainer/default.yaml``. :class:`ModelCheckpoint` (``conf/callbacks/default.yaml``)
+numbers the epochs in checkpoint names from 1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch.callbacks
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -45,3 +47,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if disk_full is not None:
                 raise disk_full from None
             raise
+
+
+class ModelCheckpoint(lightning.pytorch.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with ``{epoch}`` in file names counted from 1, as on the
+    console, in ``metrics.json`` and in ``dst_history.csv``: the best of a 2-epoch run that
+    peaked last is ``epoch002-...ckpt``, not ``epoch001``.
+
+    It keeps Lightning's class name, which is part of the callback's state key in
+    checkpoints: runs saved before this class existed resume with their best score intact.
+    """
+
+    def format_checkpoint_name(
+        self,
+        metrics: dict[str, Any],
+        filename: str | None = None,
+        ver: int | None = None,
+        prefix: str | None = None,
+    ) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)

@@ -26,14 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from mtl_celeba.checkpoints import config_hash, find_resumable_run
-from mtl_celeba.config import CONFIG_DIR
-from mtl_celeba.errors import ConfigError, UserError
+from mtl_celeba.config import CONFIG_DIR, is_multirun
+from mtl_celeba.errors import ConfigError, UserError, print_user_error
 
 VERSION_BASE = "1.3"
+
+
+class SweepJobError(CompactHydraException):
+    """A sweep job's :class:`UserError`, which Hydra reports as one line, not a traceback."""
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:
@@ -82,6 +87,13 @@ def composition_error(error: Exception) -> ConfigError:
     return ConfigError(one_line(str(error)) + reason)
 
 
+def no_such_option(group: str, option: str, options: Sequence[str]) -> ConfigError:
+    return ConfigError(
+        f"{group}={option}: no such option in the {group} group."
+        f"{did_you_mean(option, options)} Options: {', '.join(options)}."
+    )
+
+
 def check_group_choices(cfg: DictConfig) -> None:
     """A chosen option of an optional group (experiment, debug) that does not exist."""
     from hydra.core.global_hydra import GlobalHydra
@@ -92,10 +104,7 @@ def check_group_choices(cfg: DictConfig) -> None:
             continue
         options = loader.get_group_options(group)
         if options and choice not in options:
-            raise ConfigError(
-                f"{group}={choice}: no such option in the {group} group."
-                f"{did_you_mean(choice, options)} Options: {', '.join(options)}."
-            )
+            raise no_such_option(group, choice, options)
 
 
 def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
@@ -125,13 +134,31 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 
 
 def check_sweep_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """Keys of sweep overrides (``a.b=1,2``) exist: a multirun composes them only per job."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """Keys of sweep overrides (``a.b=1,2``) exist, and so does every option of a group sweep
+    (``model=resnet18,vgg16``): a multirun composes them only per job, where Hydra's error
+    would end the sweep with a traceback and exit status 1.
 
+    Values of keys are left to each job (its ``metrics.json`` records a bad one and the other
+    jobs go on)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    groups = choices(cfg)
+    loader = GlobalHydra.instance().config_loader()
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         if not override.is_sweep_override() or override.is_add() or override.is_force_add():
             continue
         key = override.key_or_group
+        if key in groups and override.value_type in (
+            ValueType.CHOICE_SWEEP,
+            ValueType.SIMPLE_CHOICE_SWEEP,
+        ):
+            options = loader.get_group_options(key)
+            for option in override.sweep_string_iterator():
+                if option != "null" and option not in options:
+                    raise no_such_option(key, option, options)
+            continue
         if "/" in key or key.startswith("hydra.") or OmegaConf.select(cfg, key) is not None:
             continue
         prefix, _, name = key.rpartition(".")
@@ -210,12 +237,35 @@ def preflight(
 def hydra_entry(
     config_name: str, validate: Callable[[DictConfig], None]
 ) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
-    """``@hydra.main(config_name=...)`` on conf/, preceded by :func:`preflight`."""
+    """``@hydra.main(config_name=...)`` on conf/, preceded by :func:`preflight`.
+
+    A :class:`UserError` in the job ends a single run with ``error: ...`` and exit status 2.
+    In a sweep the job fails with that line (on stderr and in its log file) and the other
+    jobs go on; Hydra then ends the sweep with status 1, which becomes 2 when every failed
+    job of this process failed for a user's mistake (jobs that a launcher runs in other
+    processes, such as gpu_pool's, keep Hydra's 1).
+    """
 
     def decorator(task_function: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        failures = {"user": 0, "other": 0}
+
+        @functools.wraps(task_function)
+        def job(cfg: DictConfig) -> Any:
+            try:
+                return task_function(cfg)
+            except UserError as error:
+                print_user_error(error)
+                if not is_multirun():
+                    raise SystemExit(2) from None
+                failures["user"] += 1
+                raise SweepJobError(str(error)) from None
+            except Exception:
+                failures["other"] += 1
+                raise
+
         hydra_main = hydra.main(
             version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name=config_name
-        )(task_function)
+        )(job)
 
         @functools.wraps(task_function)
         def main(cfg_passthrough: DictConfig | None = None) -> Any:
@@ -227,7 +277,12 @@ def hydra_entry(
                 print(f"error: {error}", file=sys.stderr)
                 raise SystemExit(2) from None
             sys.argv.extend(extra)
-            return hydra_main()
+            try:
+                return hydra_main()
+            except SystemExit as exit:
+                if exit.code == 1 and failures["user"] and not failures["other"]:
+                    raise SystemExit(2) from None
+                raise
 
         return main
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import shutil
 import sys
@@ -72,6 +73,17 @@ def disk_full_error(
             )
         current = current.__cause__ or current.__context__
     return None
+
+
+def print_user_error(error: UserError) -> None:
+    """``error: ...`` on stderr, one line; the run folder's log file (when a Hydra job is
+    logging to one) gets the same line, so that it ends as the console did."""
+    message = f"error: {error}"
+    print(message, file=sys.stderr)
+    record = logging.LogRecord("mtl_celeba", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def exit_on_user_error(func: Callable[P, R]) -> Callable[P, R]:

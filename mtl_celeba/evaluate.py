@@ -6,7 +6,7 @@ are checked, so mistakes fail in seconds.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,19 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_celeba.checkpoints import check_checkpoint
-from mtl_celeba.cli import hydra_entry
+from mtl_celeba.cli import did_you_mean, hydra_entry
 from mtl_celeba.config import instantiate
-from mtl_celeba.errors import ConfigError, UserError
-from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
+from mtl_celeba.errors import ConfigError
+from mtl_celeba.results import (
+    RESULTS_FILE,
+    evaluation_results,
+    format_table,
+    results_table,
+    write_results,
+)
 from mtl_celeba.validate import validate_data_config, validate_eval_config
+
+log = logging.getLogger(__name__)
 
 
 def training_config(checkpoint: Path) -> DictConfig:
@@ -32,6 +40,34 @@ def training_config(checkpoint: Path) -> DictConfig:
     return OmegaConf.load(path)  # type: ignore[return-value]
 
 
+def check_data_keys(overrides: DictConfig, run_data: DictConfig, run_config: Path) -> None:
+    """Keys set under ``data`` exist in the training run's data config (else the DataModule
+    would fail deep inside Hydra's instantiate)."""
+    keys = [f"data.{key}" for key in run_data]
+    for key in overrides:
+        if key not in run_data:
+            raise ConfigError(
+                f"data.{key} is not a key of the data config of the run that wrote the "
+                f"checkpoint ({run_config}).{did_you_mean(f'data.{key}', keys)}"
+            )
+
+
+def remove_empty_run_folder(run_dir: Path) -> None:
+    """After a failed evaluation: remove what Hydra wrote into ``run_dir`` (``.hydra/`` and the
+    log file) and the folder itself if nothing else is in it, so failures leave no empty
+    ``outputs/eval/runs/<time>/``. A folder with results or other files is left alone.
+
+    The open log file is unlinked, not closed: later records go to the removed file unseen."""
+    hydra_files = [run_dir / ".hydra" / f"{name}.yaml" for name in ("config", "hydra", "overrides")]
+    for path in [*hydra_files, *run_dir.glob("*.log")]:
+        path.unlink(missing_ok=True)
+    for folder in (run_dir / ".hydra", run_dir):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): keep it
+            return
+
+
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the results written to run_dir."""
     started = time.perf_counter()
@@ -39,6 +75,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = Path(cfg.ckpt_path)
     check_checkpoint(checkpoint)  # missing, truncated or not a checkpoint: one line
     train_cfg = training_config(checkpoint)
+    check_data_keys(cfg.data, train_cfg.data, checkpoint.resolve().parent.parent / ".hydra")
     data_cfg = OmegaConf.merge(train_cfg.data, cfg.data)
     OmegaConf.set_struct(train_cfg, False)
     train_cfg.data = data_cfg
@@ -47,8 +84,10 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     import lightning as L
 
+    from mtl_celeba.console import configure_lightning_output
     from mtl_celeba.models.module import MultiTaskModule
 
+    configure_lightning_output()
     datamodule = instantiate(train_cfg.data)
     # weights=None: the checkpoint holds the trained weights; never download pretrained ones here
     model = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu", weights=None)
@@ -74,18 +113,23 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra_entry("eval", validate_eval_config)
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point of ``mtl-eval``."""
+    """Hydra entry point of ``mtl-eval``; a failure leaves no run folder behind."""
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         results = evaluate(cfg, run_dir)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"\n{cfg.split} metrics of {cfg.ckpt_path}:")
-    print(format_table(results_table(results, cfg.split)))
-    print(f"\nResults: {run_dir / 'metrics.json'}")
+    except BaseException:
+        if not (run_dir / RESULTS_FILE).exists():
+            remove_empty_run_folder(run_dir)
+        raise
+    log.info(
+        "%s metrics of %s:\n%s\n\nResults: %s",
+        cfg.split,
+        cfg.ckpt_path,
+        format_table(results_table(results, cfg.split)),
+        run_dir / RESULTS_FILE,
+    )
 
 
 if __name__ == "__main__":

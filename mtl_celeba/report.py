@@ -100,14 +100,15 @@ def drop_metrics_label(metrics: Sequence[str] | None) -> str:
 def transfer_label(config: dict[str, Any]) -> str:
     """How a run uses a pretrained backbone: ``-`` (trained from scratch, nothing frozen),
     ``linear probe from DEFAULT``, ``last 2 blocks from resnet18.pth``, ``full fine-tune from ...``,
-    ``two-stage (backbone from epoch 2) from ...`` (metrics.json ``weights``, ``freeze``, ``finetune``)."""
+    ``two-stage (backbone from epoch 3) from ...`` (metrics.json ``weights``, ``freeze``, ``finetune``;
+    ``finetune`` is Lightning's 0-based ``unfreeze_backbone_at_epoch``, the label counts from 1)."""
     weights, freeze, finetune = config.get("weights"), config.get("freeze"), config.get("finetune")
     if str(freeze).strip().lower() == "none":
         freeze = None
     if weights is None and freeze is None and finetune is None:
         return "-"
     if finetune is not None:
-        mode = f"two-stage (backbone from epoch {finetune})"
+        mode = f"two-stage (backbone from epoch {int(finetune) + 1})"
     elif str(freeze).lower() == "all":
         mode = "linear probe"
     elif freeze is not None:

@@ -7,7 +7,6 @@ config mistake then fails in about a second instead of after the 20-30 s imports
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_celeba.checkpoints import auto_resume_checkpoint, check_checkpoint, config_hash
 from mtl_celeba.cli import hydra_entry
-from mtl_celeba.config import hydra_choices, instantiate, is_multirun
+from mtl_celeba.config import hydra_choices, instantiate
 from mtl_celeba.data.attributes import resolve_attributes
-from mtl_celeba.errors import ConfigError, UserError, disk_full_error
+from mtl_celeba.errors import ConfigError, disk_full_error
 from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
 from mtl_celeba.validate import validate_train_config
 
@@ -92,9 +91,12 @@ def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
     info = check_checkpoint(path, list(cfg.data.attributes), cfg.model.get("backbone"))
     max_epochs = cfg.trainer.max_epochs
     if resumed is not None:
-        print(
-            f"resume=auto: resuming {resumed.parent.parent} from {resumed.name} "
-            f"({info['epochs_done']} of {max_epochs} epochs done)"
+        log.info(
+            "resume=auto: resuming %s from %s (%s of %s epochs done)",
+            resumed.parent.parent,
+            resumed.name,
+            info["epochs_done"],
+            max_epochs,
         )
     elif info["epochs_done"] >= max_epochs:
         raise ConfigError(
@@ -126,19 +128,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         results["config"] = run_config(cfg)
 
         import lightning as L
-        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
         from lightning.pytorch.loggers import TensorBoardLogger
 
+        from mtl_celeba.console import configure_lightning_output
         from mtl_celeba.dashboard import add_task_curves_layout
+        from mtl_celeba.progress import EpochProgressBar
         from mtl_celeba.scheduling.strategy import TaskStrategy
 
+        configure_lightning_output()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
         from mtl_celeba.timing import JobTimer
 
         timer = JobTimer(started)
-        callbacks = [*instantiate_callbacks(cfg), timer]
+        callbacks = instantiate_callbacks(cfg)
+        if cfg.trainer.get("enable_progress_bar", True) and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(EpochProgressBar())
+        callbacks.append(timer)
         loggers = instantiate_loggers(cfg)
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for logger in loggers:
@@ -162,10 +172,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if checkpoint is not None and checkpoint.best_model_path
             else None
         )
-        best_epoch = int(torch_load_epoch(best)) if best else None
+        best_epoch = int(torch_load_epoch(best)) + 1 if best else None  # counted from 1
         if cfg.get("test"):
             trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-            trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+            # the model (and the callbacks) hold the best checkpoint's state now: restoring it
+            # again would only repeat Lightning's "Restoring states" message
+            trainer.test(model, datamodule=datamodule, verbose=False)
         results.update(
             status="completed",
             **evaluation_results(model, datamodule),
@@ -198,26 +210,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def torch_load_epoch(checkpoint_path: str) -> int:
-    """The epoch a checkpoint was saved at (0-based), read without loading the weights onto a device."""
+    """The epoch a checkpoint was saved at (Lightning's, 0-based), read without loading the
+    weights onto a device."""
     import torch
 
     return torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)["epoch"]
 
 
-def print_summary(results: dict[str, Any], run_dir: Path) -> None:
-    """The final console table, the run folder and how to open TensorBoard."""
+def summary_text(results: dict[str, Any], run_dir: Path) -> str:
+    """The final table (test metrics), the run folder and how to open TensorBoard."""
+    lines = []
     if results.get("test"):
-        if results.get("best_checkpoint"):
-            epoch = results.get("best_epoch")
-            print(
-                f"\nTest metrics (best checkpoint{f', epoch {epoch}' if epoch is not None else ''}):"
-            )
+        epoch, trained = results.get("best_epoch"), results.get("epochs_trained")
+        if results.get("best_checkpoint") and epoch is not None:
+            lines.append(f"Test metrics (best checkpoint, epoch {epoch} of {trained}):")
+        elif results.get("best_checkpoint"):
+            lines.append("Test metrics (best checkpoint):")
         else:  # e.g. debug=fast (fast_dev_run), which writes no checkpoint
-            print("\nTest metrics (final weights: no checkpoint was written):")
-        print(format_table(results_table(results, "test")))
-    print(f"\nRun folder: {run_dir}")
-    print(f"Results:    {run_dir / 'metrics.json'}")
-    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+            lines.append("Test metrics (final weights: no checkpoint was written):")
+        lines += [format_table(results_table(results, "test")), ""]
+    lines += [
+        f"Run folder:  {run_dir}",
+        f"Results:     {run_dir / 'metrics.json'}",
+        f"TensorBoard: tensorboard --logdir {run_dir}",
+    ]
+    return "\n".join(lines)
 
 
 @hydra_entry("train", validate_train_config)
@@ -226,14 +243,8 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        results = train(cfg, run_dir)
-    except UserError as error:
-        if is_multirun():
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print_summary(results, run_dir)
+    results = train(cfg, run_dir)  # a UserError ends the job with one line (hydra_entry)
+    log.info("%s", summary_text(results, run_dir))
     test = results.get("test")
     return test["mean"]["accuracy"] if test else None
 

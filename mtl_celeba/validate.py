@@ -89,7 +89,12 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("data.image_size", integer(16), "an integer >= 16 (pixels)", "data.image_size=64"),
     Rule("data.batch_size", integer(1), "an integer >= 1", "data.batch_size=128"),
     Rule("data.eval_batch_size", integer(1), "an integer >= 1", "data.eval_batch_size=256"),
-    Rule("data.num_workers", integer(0), "an integer >= 0", "data.num_workers=4"),
+    Rule(
+        "data.num_workers",
+        optional(integer(0)),
+        "null (fit the machine) or an integer >= 0",
+        "data.num_workers=4",
+    ),
     Rule(
         "data.cache_workers",
         optional(integer(1)),

@@ -40,7 +40,7 @@ def train_error(*overrides: str) -> str:
         (["data.batch_size=0"], "data.batch_size is 0: use an integer >= 1"),
         (["data.batch_size=true"], "data.batch_size is True"),
         (["data.eval_batch_size=0"], "data.eval_batch_size is 0"),
-        (["data.num_workers=-1"], "data.num_workers is -1: use an integer >= 0"),
+        (["data.num_workers=-1"], "data.num_workers is -1: use null (fit the machine) or an"),
         (["data.cache_workers=0"], "data.cache_workers is 0"),
         (["seed=-1"], "seed is -1: use an integer in [0, 2**32)"),
         ([f"seed={2**32}"], f"seed is {2**32}"),
@@ -71,6 +71,11 @@ def test_bad_values_fail_before_the_run(overrides, expected):
         (["experiment=dst_vs_baseline"], "Did you mean dst_vs_baselines?"),
         (["debug=fats"], "debug=fats: no such option"),
         (["hydra/launcher=gpupool"], "Did you mean gpu_pool?"),
+        (
+            ["-m", "model=resnet18,resnet19"],
+            "model=resnet19: no such option in the model group. Did you mean resnet18?",
+        ),
+        (["-m", "experiment=stl,dst_vs_baseline"], "Did you mean dst_vs_baselines?"),
         (
             ["-m", "data.imagesiz=32,64"],
             "data.imagesiz is not a config key. Did you mean data.image_size?",

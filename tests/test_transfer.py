@@ -50,7 +50,7 @@ def test_transfer_labels() -> None:
     assert transfer_label({"weights": "DEFAULT", "freeze": None}) == "full fine-tune from DEFAULT"
     assert (
         transfer_label({"weights": "DEFAULT", "freeze": None, "finetune": 1})
-        == "two-stage (backbone from epoch 1) from DEFAULT"
+        == "two-stage (backbone from epoch 2) from DEFAULT"  # unfreeze_backbone_at_epoch=1
     )
 
 
@@ -115,6 +115,6 @@ def test_each_variant_trains_and_the_report_compares_them(compose_train, tmp_pat
         "linear probe from resnet18.pth",
         "last 2 blocks from resnet18.pth",
         "full fine-tune from resnet18.pth",
-        "two-stage (backbone from epoch 1) from resnet18.pth",
+        "two-stage (backbone from epoch 2) from resnet18.pth",
     }
     assert table["mean_over_tasks_gain_mtl"].notna().all()  # each against scratch

@@ -135,7 +135,7 @@ def find_layout(root: str | Path) -> CelebALayout:
     if not root.is_dir():
         raise DataError(
             f"data.root {root} is not a folder: set data.root to the folder that holds your "
-            "CelebA copy (see README, 'Using real CelebA')."
+            "CelebA copy (see README, 'Real CelebA')."
         )
     candidates = _candidate_layouts(root)
     for _, layout in candidates:

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
@@ -87,7 +88,7 @@ class CelebADataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         pipeline: str = "cached",
         cache_dir: str | None = None,
         cache_workers: int | None = None,
@@ -265,16 +266,27 @@ class CelebADataModule(L.LightningDataModule):
                 return device_batches
         cached = self.pipeline == "cached"
         dataset = self.datasets[split]
+        workers = self.loader_workers()
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
             drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             collate_fn=keep_batch if cached else None,
         )
+
+    def loader_workers(self) -> int:
+        """``data.num_workers``, or for ``null`` (the default) what fits the machine: the
+        number Lightning suggests (the CPU cores available per device, minus one for the
+        main process, at least 1), at most 4. Neither torch (more workers than cores) nor
+        Lightning (too few workers) then warns."""
+        if self.num_workers is not None:
+            return self.num_workers
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        return min(4, suggested_max_num_workers(devices))
 
     def _device_batches(self, split: str, batch_size: int, shuffle: bool) -> DeviceBatches | None:
         """``split`` held on the trainer's device (the CPU without a trainer), or None (with a
