@@ -1,0 +1,67 @@
+"""The drawn faces: the same pictures for the same seed, whatever is done to draw them faster."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mtl_celeba.data import faces, synthetic
+from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
+
+#: Images of the synthetic CelebA with seed 3 and 300 images: SHA-256 of each drawn image's RGB
+#: pixels followed by repr((landmarks, bbox)), computed with the generator as it was before it
+#: was made faster (commit 4aa1d39). The images were picked to cover what the speed-ups touch:
+#: wavy, straight and plain hair, long and short hair, bald heads with and without a fringe of
+#: hair, blur, glasses, a hat, beards, stubble, moustache, goatee, wrinkles, bangs, a receding
+#: hairline, an open smile, jewellery, a tie, a double chin, pale skin, make-up, bags.
+SEED, NUM_IMAGES = 3, 300
+REFERENCE_DIGESTS = {
+    2: "6dc8a6e3d6e6b74c3f8dfb6b17a4de8690f416fd0cc57c536474eb25e637fe18",
+    6: "29581df698667daa9eb78fe576cde1a04e249c7a3047fdd4a29f151675a48ddc",
+    12: "42675318072f12e215f124b1fd6b5adfaf7b5986f24be1bd8f6ddb8e2cd26390",
+    36: "1f3175167cb34552b52f9afd7cca50c1e7355137f4e0993c6feda705d89e3be5",
+    39: "621c139a0d7eddd8c6bce1c12a9260df18235603eb7e3c6b01c807c18f073d2b",
+    72: "cb1b8ad348762c4d446790783aec3144f8686b477882b0ee0e77b304e221c1d1",
+    144: "77bafa25dc1200447ab79bbe53ff85197f47f716e517bf3bbf9b52f8a4eac0b1",
+    163: "8c7accaddf57f50f2f1c9ed0d9c222343871d4d24e0bbf2bcac3c6c59a1651c0",
+}
+
+
+def _labels(index: int) -> dict[str, bool]:
+    rows = synthetic.sample_labels(NUM_IMAGES, synthetic._stream(SEED, synthetic._LABELS))
+    return dict(zip(CELEBA_ATTRIBUTES, rows[index].tolist(), strict=True))
+
+
+def _digest(face: faces.RenderedFace) -> str:
+    data = face.image.tobytes() + repr((face.landmarks, face.bbox)).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_reference_images_cover_what_the_speed_ups_touch() -> None:
+    labels = [_labels(index) for index in REFERENCE_DIGESTS]
+    for name in (
+        "Wavy_Hair",
+        "Straight_Hair",
+        "Bald",
+        "Blurry",
+        "Eyeglasses",
+        "Wearing_Hat",
+        "Mustache",
+        "Goatee",
+        "5_o_Clock_Shadow",
+        "Bangs",
+    ):
+        assert any(image[name] for image in labels), name
+    assert any(
+        not (image["Wavy_Hair"] or image["Straight_Hair"] or image["Bald"]) for image in labels
+    )
+    assert any(not image["Young"] for image in labels)
+
+
+@pytest.mark.parametrize("index", sorted(REFERENCE_DIGESTS))
+def test_drawn_faces_are_the_reference_pictures(index: int) -> None:
+    """Byte for byte the pixels, landmarks and box the generator drew before it was sped up:
+    a dataset written by the earlier generator is still exactly what this one writes."""
+    face = faces.render_face(_labels(index), synthetic._stream(SEED, synthetic._IMAGES, index))
+    assert _digest(face) == REFERENCE_DIGESTS[index]
