@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from mtl_celeba.data import faces, synthetic
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
@@ -65,3 +68,36 @@ def test_drawn_faces_are_the_reference_pictures(index: int) -> None:
     a dataset written by the earlier generator is still exactly what this one writes."""
     face = faces.render_face(_labels(index), synthetic._stream(SEED, synthetic._IMAGES, index))
     assert _digest(face) == REFERENCE_DIGESTS[index]
+
+
+def test_camera_effects_are_the_plain_float32_formula() -> None:
+    """_finish lays the light and the gain out per colour value to run over contiguous memory;
+    each value must still be clip(pixel * light * gain + noise * sigma) in float32, in that order
+    (the formula as first written, below), with the same random draws."""
+    rng = np.random.default_rng(0)
+    for seed in range(12):
+        image = Image.fromarray(rng.integers(0, 256, (faces.HEIGHT, faces.WIDTH, 3), np.uint8))
+        got = faces._finish(image, {"Blurry": False}, np.random.default_rng(seed))
+
+        draws = np.random.default_rng(seed)
+        ys, xs = np.mgrid[0 : faces.HEIGHT, 0 : faces.WIDTH].astype(np.float32)
+        xs, ys = (
+            (xs - faces.WIDTH / 2) / (faces.WIDTH / 2),
+            (ys - faces.HEIGHT / 2) / (faces.HEIGHT / 2),
+        )
+        direction, slope = draws.uniform(0, 2 * math.pi), draws.uniform(0.0, 0.4)
+        light = (
+            1.0
+            + np.float32(slope * math.cos(direction)) * xs
+            + np.float32(slope * math.sin(direction)) * ys
+        )
+        gain = draws.uniform(0.72, 1.2) * (1.0 + draws.uniform(-0.07, 0.07, 3))
+        noise_x, noise_y = draws.integers(0, 64, 2)
+        tile = faces._cached_noise_tile()
+        noise = tile[noise_y : noise_y + faces.HEIGHT, noise_x : noise_x + faces.WIDTH]
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels *= light[..., None]
+        pixels *= gain.astype(np.float32)
+        pixels += noise * np.float32(draws.uniform(2.0, 8.0))
+        np.clip(pixels, 0, 255, out=pixels)
+        assert got.tobytes() == pixels.astype(np.uint8).tobytes()

@@ -231,8 +231,11 @@ def _cached_noise_tile() -> np.ndarray:
 
 @functools.cache
 def _unit_grids() -> tuple[np.ndarray, np.ndarray]:
+    """x and y from -1 to 1 across the image: a row of x for each colour value of an image row
+    (WIDTH * 3,) and a column of y (HEIGHT, 1)."""
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-    return (xs - WIDTH / 2) / (WIDTH / 2), (ys - HEIGHT / 2) / (HEIGHT / 2)
+    xs, ys = (xs - WIDTH / 2) / (WIDTH / 2), (ys - HEIGHT / 2) / (HEIGHT / 2)
+    return np.repeat(xs[0], 3), ys[:, :1]
 
 
 def _background(rng: np.random.Generator) -> Image.Image:
@@ -241,7 +244,9 @@ def _background(rng: np.random.Generator) -> Image.Image:
     bottom = np.array(_random_colour(rng, 30, 240), np.float32)
     t = np.linspace(0.0, 1.0, HEIGHT, dtype=np.float32)[:, None, None]
     column = (top + (bottom - top) * t).astype(np.uint8)
-    image = Image.fromarray(np.repeat(column, WIDTH, axis=1), "RGB")
+    # widen the one-pixel column by nearest-neighbour resizing: every pixel copies its row's
+    # colour (the same pixels as repeating the column, in a fraction of the time)
+    image = Image.fromarray(column, "RGB").resize((WIDTH, HEIGHT), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image, "RGBA")
     style = rng.random()
     if style < 0.4:
@@ -739,23 +744,28 @@ def _finish(
     if labels["Blurry"]:  # out of focus: shrink and enlarge again (much faster than a Gaussian)
         factor = int(rng.integers(3, 5))
         image = image.reduce(factor).resize(image.size, Image.Resampling.BICUBIC)
+    # Each pixel's value goes through the same float32 operations in the same order as
+    # ``pixels * light[..., None] * gain + noise * sigma``; the image is viewed as rows of
+    # WIDTH * 3 values and the light and gain are laid out per value, so that every operation
+    # runs over contiguous memory (broadcasting over the 3 channels is several times slower).
+    # The light, 1 + a * x + b * y, is a row (1 + a * x) plus a column (b * y): the same
+    # float32 operations per pixel, with one full-size addition instead of four operations.
     xs, ys = _unit_grids()
     direction = rng.uniform(0, 2 * math.pi)
     slope = rng.uniform(0.0, 0.4)
-    light = (
-        1.0
-        + np.float32(slope * math.cos(direction)) * xs
-        + np.float32(slope * math.sin(direction)) * ys
-    )
+    light = (1.0 + np.float32(slope * math.cos(direction)) * xs) + np.float32(
+        slope * math.sin(direction)
+    ) * ys
     gain = (rng.uniform(0.72, 1.2) * (1.0 + rng.uniform(-0.07, 0.07, 3))).astype(np.float32)
     noise_x, noise_y = rng.integers(0, 64, 2)
     noise = _cached_noise_tile()[noise_y : noise_y + HEIGHT, noise_x : noise_x + WIDTH]
-    pixels = np.asarray(image, dtype=np.float32)
-    pixels *= light[..., None]
-    pixels *= gain
-    pixels += noise * np.float32(rng.uniform(2.0, 8.0))
+    pixels = np.asarray(image, dtype=np.float32).reshape(HEIGHT, WIDTH * 3)
+    pixels *= light
+    pixels *= np.tile(gain, WIDTH)
+    noise = noise.reshape(HEIGHT, WIDTH * 3) * np.float32(rng.uniform(2.0, 8.0))
+    pixels += noise
     np.clip(pixels, 0, 255, out=pixels)
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+    return Image.fromarray(pixels.astype(np.uint8).reshape(HEIGHT, WIDTH, 3), "RGB")
 
 
 def _face_geometry(labels: Mapping[str, bool], rng: np.random.Generator) -> _Face:
