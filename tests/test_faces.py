@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mtl_celeba.data import faces, synthetic
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
@@ -101,3 +101,58 @@ def test_camera_effects_are_the_plain_float32_formula() -> None:
         pixels += noise * np.float32(draws.uniform(2.0, 8.0))
         np.clip(pixels, 0, 255, out=pixels)
         assert got.tobytes() == pixels.astype(np.uint8).tobytes()
+
+
+def test_lines_drawn_near_a_box_leave_the_box_as_lines_drawn_in_full() -> None:
+    """The hair strands are drawn only near the hair (_lines_within): inside the box every pixel
+    must be what drawing each line in full gives, for every width, including segments that leave
+    and re-enter the box and lines that miss it."""
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        count, points = int(rng.integers(1, 6)), int(rng.integers(2, 30))
+        # wandering lines over and beyond the image, some with repeated points
+        lines = rng.uniform(-30, 40, (count, 1, 2)) + np.cumsum(
+            rng.uniform(-25, 25, (count, points, 2)), axis=1
+        )
+        lines[:, 1::7] = lines[:, 0::7][:, : lines[:, 1::7].shape[1]]
+        x0, y0 = rng.uniform(-20, 150, 2)
+        box = (x0, y0, x0 + rng.uniform(0, 90), y0 + rng.uniform(0, 90))
+        fills = [tuple(rng.integers(0, 256, 3).tolist()) for _ in range(count)]
+        width = int(rng.integers(1, 7))
+        full = Image.new("RGB", (faces.WIDTH, faces.HEIGHT), (9, 9, 9))
+        draw = ImageDraw.Draw(full)
+        for line, fill in zip(lines, fills, strict=True):
+            draw.line(line.ravel().tolist(), fill=fill, width=width)
+        near = Image.new("RGB", (faces.WIDTH, faces.HEIGHT), (9, 9, 9))
+        faces._lines_within(ImageDraw.Draw(near), lines, fills, width, box)
+        inside = (
+            max(0, math.ceil(box[0])),
+            max(0, math.ceil(box[1])),
+            min(faces.WIDTH, math.floor(box[2]) + 1),
+            min(faces.HEIGHT, math.floor(box[3]) + 1),
+        )
+        if inside[0] < inside[2] and inside[1] < inside[3]:
+            assert full.crop(inside).tobytes() == near.crop(inside).tobytes(), trial
+
+
+def test_hair_masks_stay_inside_the_box_around_the_hair() -> None:
+    """The strands are kept within _Canvas.box(hair, 2) of the hair polygons: every pixel of
+    their mask must lie inside it."""
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        canvas = faces._Canvas(
+            Image.new("RGB", (faces.WIDTH, faces.HEIGHT)),
+            rng.uniform(-0.2, 0.2),
+            rng.uniform(0.88, 1.1),
+            tuple(rng.uniform(-8, 8, 2).tolist()),
+        )
+        polygons = [
+            rng.uniform(-10, 220, (1, 2)) + rng.uniform(-40, 40, (int(rng.integers(3, 30)), 2))
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        mask_box = canvas.mask(polygons).getbbox()  # (left, upper, right + 1, lower + 1)
+        if mask_box is None:
+            continue
+        x0, y0, x1, y1 = canvas.box(polygons, 2.0)
+        assert x0 <= mask_box[0] and mask_box[2] - 1 <= x1
+        assert y0 <= mask_box[1] and mask_box[3] - 1 <= y1
