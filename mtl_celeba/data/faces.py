@@ -72,12 +72,12 @@ def _scale(colour: Colour, factor: float) -> Colour:
 
 
 def _jitter(colour: Colour, rng: np.random.Generator, amount: float) -> Colour:
-    factors = 1.0 + rng.uniform(-amount, amount, 3)
+    factors = (1.0 + rng.uniform(-amount, amount, 3)).tolist()
     return tuple(min(255, max(0, round(c * f))) for c, f in zip(colour, factors, strict=True))  # type: ignore[return-value]
 
 
 def _random_colour(rng: np.random.Generator, lo: int = 20, hi: int = 235) -> Colour:
-    return tuple(int(v) for v in rng.integers(lo, hi, 3))  # type: ignore[return-value]
+    return tuple(rng.integers(lo, hi, 3).tolist())  # type: ignore[return-value]
 
 
 def _ellipse(
@@ -97,6 +97,31 @@ def _ellipse(
 def _unit_arc(start: float, stop: float, n: int) -> Points:
     angles = np.linspace(start, stop, n)
     return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _linspace(start: float, stop: float, num: int) -> np.ndarray:
+    """``np.linspace(start, stop, num)`` for two numbers and num >= 2, without its overhead:
+    the same floating-point operations in the same order (NumPy's own code, for scalars)."""
+    delta = float(stop) - float(start)
+    div = num - 1
+    step = delta / div
+    y = np.arange(num, dtype=float)
+    if step == 0:  # NumPy's handling of steps that underflow
+        y /= div
+        y *= delta
+    else:
+        y *= step
+    y += start
+    y[-1] = stop
+    return y
+
+
+@functools.cache
+def _fixed_linspace(start: float, stop: float, num: int, dtype: type = float) -> np.ndarray:
+    """``np.linspace`` of constants, computed once (read-only: callers share it)."""
+    y = np.linspace(start, stop, num, dtype=dtype)
+    y.flags.writeable = False
+    return y
 
 
 def _curve(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -> Points:
@@ -215,12 +240,10 @@ class _Face:
 
     def outline(self, n: int = 40) -> Points:
         """The face outline: an ellipse on top, a squarer and tapering jaw below."""
-        angles = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
-        cos, sin = np.cos(angles), np.sin(angles)
-        lower = sin > 0
+        lower, sign_cos, abs_cos, sign_sin, abs_sin = _outline_angles(n)
         power = np.where(lower, 2.0 / self.jaw_power, 1.0)
-        x = np.sign(cos) * np.abs(cos) ** power
-        y = np.sign(sin) * np.abs(sin) ** power
+        x = sign_cos * abs_cos**power
+        y = sign_sin * abs_sin**power
         x = x * np.where(lower, 1.0 - self.jaw_taper * y**2, 1.0)
         return _curve(self.cx + self.rx * x, self.cy + self.ry * y)
 
@@ -230,6 +253,15 @@ class _Face:
         jaw = outline[outline[:, 1] > self.nose_y - 4]
         jaw = jaw[np.argsort(np.arctan2(jaw[:, 1] - self.cy, jaw[:, 0] - self.cx))]
         return jaw
+
+
+@functools.cache
+def _outline_angles(n: int) -> tuple[np.ndarray, ...]:
+    """For n angles around the outline: which are on the lower half, and the signs and sizes
+    of their cosines and sines (the same for every face, so computed once)."""
+    angles = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    cos, sin = np.cos(angles), np.sin(angles)
+    return sin > 0, np.sign(cos), np.abs(cos), np.sign(sin), np.abs(sin)
 
 
 @functools.cache
@@ -255,7 +287,7 @@ def _background(rng: np.random.Generator) -> Image.Image:
     """A vertical two-colour gradient, sometimes with soft blobs or stripes."""
     top = np.array(_random_colour(rng, 30, 240), np.float32)
     bottom = np.array(_random_colour(rng, 30, 240), np.float32)
-    t = np.linspace(0.0, 1.0, HEIGHT, dtype=np.float32)[:, None, None]
+    t = _fixed_linspace(0.0, 1.0, HEIGHT, np.float32)[:, None, None]
     column = (top + (bottom - top) * t).astype(np.uint8)
     # widen the one-pixel column by nearest-neighbour resizing: every pixel copies its row's
     # colour (the same pixels as repeating the column, in a fraction of the time)
@@ -433,7 +465,7 @@ def _hair_shapes(
     if long_hair:
         bottom = rng.uniform(178, 208)
         spread = rx + volume + rng.uniform(4, 12)
-        sides_y = np.linspace(cy - 4, bottom, 12)
+        sides_y = _linspace(cy - 4, bottom, 12)
         sway = wave * 1.6 * np.sin(2 * math.pi * sides_y / 26.0 + phase) if wavy else 0.0
         left = _curve(
             cx - (rx + volume) - (spread - rx - volume) * (sides_y - cy) / (bottom - cy) + sway,
@@ -452,7 +484,7 @@ def _hair_shapes(
                 )
 
     # the cap: outer crown above, the hairline arc below (receding: higher, with temples cut back)
-    inner_x = np.linspace(cx + rx - 1, cx - rx + 1, 25)
+    inner_x = _linspace(cx + rx - 1, cx - rx + 1, 25)
     inner_rel = (inner_x - cx) / (rx - 1)
     inner_y = cy - 8 - (cy - 8 - face.hairline_y) * np.sqrt(np.clip(1 - inner_rel**2, 0, 1))
     if labels["Receding_Hairline"]:
@@ -461,7 +493,7 @@ def _hair_shapes(
 
     if labels["Bangs"]:
         fringe_y = face.brow_y - rng.uniform(5, 8)
-        xs = np.linspace(cx - rx * 0.95, cx + rx * 0.95, 13)
+        xs = _linspace(cx - rx * 0.95, cx + rx * 0.95, 13)
         edge = fringe_y + (
             2.5 * np.sin(xs * 0.9 + phase) if wavy else rng.uniform(-1.5, 1.5, xs.size)
         )
@@ -559,8 +591,8 @@ def _draw_facial_hair(
     full_beard = (
         labels["Male"] and not labels["No_Beard"] and not (labels["Goatee"] or labels["Mustache"])
     )
-    jaw = face.lower_face()
     if full_beard or labels["5_o_Clock_Shadow"]:
+        jaw = face.lower_face()
         alpha = 255 if full_beard else int(rng.uniform(70, 110))
         canvas.polygon(jaw, beard, alpha)
         lo, hi = jaw.min(axis=0), jaw.max(axis=0)
@@ -589,8 +621,8 @@ def _draw_age(
     if face.wrinkles:
         line = _scale(face.skin, 1.0 - 0.4 * face.wrinkles)
         forehead_top = face.hairline_y + 5
+        xs = _linspace(cx - face.rx * 0.5, cx + face.rx * 0.5, 7)
         for y in np.arange(forehead_top, face.brow_y - 8, 5.5)[:3]:
-            xs = np.linspace(cx - face.rx * 0.5, cx + face.rx * 0.5, 7)
             canvas.line(_curve(xs, y + 1.5 * ((xs - cx) / face.rx) ** 2 * 4), line, 2.2)
         for side in (-1, 1):
             corner_x = cx + side * (face.eye_dx + 10)
@@ -606,8 +638,8 @@ def _draw_age(
             # nasolabial fold, from the nose wing to past the mouth corner
             start_x = cx + side * (face.nose_width + 3)
             end_x = cx + side * (face.mouth_half + 5)
-            ys = np.linspace(face.nose_y - 2, face.mouth_y + 7, 6)
-            xs = start_x + (end_x - start_x) * np.linspace(0, 1, 6) ** 0.7
+            ys = _linspace(face.nose_y - 2, face.mouth_y + 7, 6)
+            xs = start_x + (end_x - start_x) * _fixed_linspace(0, 1, 6) ** 0.7
             canvas.line(_curve(xs, ys), line, 2.6)
             # marionette line below the mouth corner
             mx = cx + side * (face.mouth_half + 1)
@@ -663,7 +695,7 @@ def _draw_eyebrows(
     thickness = rng.uniform(6.5, 8.0) if labels["Bushy_Eyebrows"] else rng.uniform(3.6, 5.0)
     if labels["Male"]:
         thickness += 0.6
-    t = np.linspace(0.0, 1.0, 11)
+    t = _fixed_linspace(0.0, 1.0, 11)
     peak = rng.uniform(0.55, 0.7)
     # the tail of a peaked brow drops below its start
     peaked = np.where(t < peak, t / peak, ((1 - t) / (1 - peak)) ** 1.2) - 0.2 * t
@@ -708,7 +740,7 @@ def _draw_mouth(
 ) -> None:
     """Lips around a centre line that curves up at the corners when smiling; open means a dark gap."""
     half, centre_y, smile = face.mouth_half, face.mouth_y, face.smile
-    xs = np.linspace(-half, half, 15)
+    xs = _linspace(-half, half, 15)
     base = centre_y - smile * (xs / half) ** 2
     envelope = np.sqrt(np.clip(1 - (xs / half) ** 2, 0, 1))
     upper, lower, gap = face.lip_upper, face.lip_lower, face.mouth_gap
@@ -737,7 +769,7 @@ def _draw_mouth(
         canvas.line(_curve(x, base), _scale(lips, 0.5), 1.8)
     if labels["Mustache"]:
         beard = _scale(face.hair, 0.9) if not labels["Bald"] else (70, 60, 55)
-        mx = np.linspace(-half - 3, half + 3, 9)
+        mx = _linspace(-half - 3, half + 3, 9)
         top = centre_y - gap / 2 - upper - 8 - 1.5 * (1 - (mx / half) ** 2).clip(0)
         bottom = (
             centre_y - gap / 2 - upper + 0.5 - smile * (mx / half) ** 2 + 4 * (np.abs(mx) > half)
