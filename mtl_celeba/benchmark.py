@@ -849,11 +849,6 @@ def run(args: argparse.Namespace) -> None:
     plan = plan_runs(settings)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    elif not os.environ.get("MTL_BENCH_KEEP_DENORMALS"):
-        # plain and model_only repeat one batch, which the model soon fits: its gradients and
-        # Adam's moments then hold subnormal floats, which x86 CPUs compute many times slower
-        # (GPUs flush them). Flushing them for every variant makes the runs compare the code.
-        torch.set_flush_denormal(True)
     device = device_name(cuda)
     load = {"start": load_average(), "end": None}
     print_header(settings, device, load["start"])
