@@ -92,7 +92,6 @@ def utilisation(cuda: bool, interval_s: float = 0.5) -> Iterator[list[float]]:
     of time a kernel ran); on the CPU, the busy share of all cores from ``/proc/stat``.
     """
     samples: list[float] = []
-    stop = threading.Event()
     if cuda:
         command = [
             "nvidia-smi",
@@ -102,37 +101,36 @@ def utilisation(cuda: bool, interval_s: float = 0.5) -> Iterator[list[float]]:
         ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
-        def read() -> None:
+        def sample() -> None:
             assert process.stdout is not None
             for line in process.stdout:
                 value = parse_nvidia_smi(line)
                 if value is not None:
                     samples.append(value)
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            yield samples
-        finally:
+        def finish() -> None:
             process.terminate()
             process.wait()
-            reader.join(timeout=5)
-        return
 
-    def poll() -> None:
-        previous = _proc_stat()
-        while not stop.wait(interval_s):
-            current = _proc_stat()
-            samples.append(cpu_busy_share(previous, current))
-            previous = current
+    else:
+        stop = threading.Event()
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+        def sample() -> None:
+            previous = _proc_stat()
+            while not stop.wait(interval_s):
+                current = _proc_stat()
+                samples.append(cpu_busy_share(previous, current))
+                previous = current
+
+        finish = stop.set
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         yield samples
     finally:
-        stop.set()
-        poller.join()
+        finish()
+        sampler.join(timeout=5)
 
 
 # ------------------------------------------------------------------ job costs
