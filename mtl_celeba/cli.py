@@ -274,7 +274,7 @@ def hydra_entry(
             try:
                 extra = preflight(config_name, sys.argv[1:], validate)
             except UserError as error:
-                print(f"error: {error}", file=sys.stderr)
+                print_user_error(error)
                 raise SystemExit(2) from None
             sys.argv.extend(extra)
             try:

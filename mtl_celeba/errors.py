@@ -94,7 +94,7 @@ def exit_on_user_error(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print_user_error(error)
             raise SystemExit(2) from None
 
     return wrapper

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from mtl_celeba.data.augment import normalize_uint8
 from mtl_celeba.data.images import load_face
-from mtl_celeba.errors import ConfigError, DataError, UserError
+from mtl_celeba.errors import ConfigError, DataError, UserError, print_user_error
 from mtl_celeba.evaluate import training_config
 from mtl_celeba.io import write_text_atomic
 from mtl_celeba.models.module import MultiTaskModule
@@ -170,7 +170,7 @@ def run_command(cfg: DictConfig) -> None:
     try:
         predict(cfg, out_dir)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_user_error(error)
         raise SystemExit(2) from None
     print(f"Predictions: {out_dir / PREDICTIONS_CSV}")
     print(f"Grid:        {out_dir / PREDICTIONS_PNG}")
