@@ -135,13 +135,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from mtl_celeba.dashboard import add_task_curves_layout
         from mtl_celeba.progress import EpochProgressBar
         from mtl_celeba.scheduling.strategy import TaskStrategy
+        from mtl_celeba.timing import JobTimer
 
         configure_lightning_output()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
-        from mtl_celeba.timing import JobTimer
-
         timer = JobTimer(started)
         callbacks = instantiate_callbacks(cfg)
         if cfg.trainer.get("enable_progress_bar", True) and not any(
