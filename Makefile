@@ -12,9 +12,13 @@ help: ## list the targets
 
 setup: .venv/.installed ## install uv if missing, then the locked environment (uv sync --frozen)
 
-.venv/.installed: pyproject.toml uv.lock
+# --compile-bytecode: the packages are compiled once here (about 25 s on 2 cores). Where
+# PYTHONDONTWRITEBYTECODE is set (this project's machines and CI) Python would otherwise compile
+# torch, torchvision and Lightning from source at every start: 18 s to import them instead of 6 s
+# on a 2-core CPU, paid by every run, sweep job and test subprocess.
+.venv/.installed: pyproject.toml uv.lock Makefile
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 train: setup ## train with the defaults (DST, ResNet18, synthetic CelebA); extra Hydra overrides in ARGS="..."
@@ -23,7 +27,7 @@ train: setup ## train with the defaults (DST, ResNet18, synthetic CelebA); extra
 # `make test` adds the `ray` extra (hydra-ray-launcher and Ray, about 300 MB) so the Ray sweep
 # test runs too; `uv run` installs it into .venv on first use.
 test: setup ## run the whole test suite, slow end-to-end cases included (with the ray extra)
-	$(RUN) --extra ray pytest $(ARGS)
+	$(RUN) --extra ray --compile-bytecode pytest $(ARGS)
 
 test-fast: setup ## run the tests without the slow end-to-end cases
 	$(RUN) pytest -m "not slow" $(ARGS)
