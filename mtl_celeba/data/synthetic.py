@@ -506,7 +506,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="folder to write into (OUT/celeba is created)"
     )
     parser.add_argument(
-        "--num-images", type=int, default=12_000, help="number of images (default 12000)"
+        "--num-images", type=int, default=5_000, help="number of images (default 5000)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
