@@ -53,7 +53,7 @@ synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed 
 CELEBA ?=
 REPRODUCE_DIR ?= outputs/reproduce/$(if $(CELEBA),celeba,synthetic)
 ifeq ($(CELEBA),)
-REPRODUCE_SCALE := model=resnet18 data.num_images=2000 data.image_size=32 data.batch_size=64 \
+REPRODUCE_SCALE := model=resnet18 data.num_images=800 data.image_size=32 data.batch_size=64 \
 	trainer.max_epochs=3 trainer.enable_progress_bar=false
 else
 REPRODUCE_SCALE := data=celeba data.root=$(CELEBA) trainer=gpu trainer.max_epochs=15 \

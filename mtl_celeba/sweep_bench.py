@@ -37,7 +37,7 @@ from mtl_celeba.results import RESULTS_FILE
 REPRODUCE_EXPERIMENTS = ("dst_vs_baselines", "drop_metrics")
 REPRODUCE_SYNTHETIC = (
     "model=resnet18",
-    "data.num_images=2000",
+    "data.num_images=800",
     "data.image_size=32",
     "data.batch_size=64",
     "trainer.max_epochs=3",

@@ -94,7 +94,10 @@ def test_reproduce_targets_are_make_reproduces_grids():
     # ResNet18 only without CelebA: dst_vs_baselines 5 strategies x 5 seeds + 8 STL, and
     # drop_metrics' 11 DST runs
     assert len(targets) == 5 * 5 + 8 + 11
-    assert {t.train_images for t in targets} == {partition_sizes(2000)[0]}
+    num_images = next(
+        int(o.split("=")[1]) for o in sweep_bench.REPRODUCE_SYNTHETIC if "num_images" in o
+    )
+    assert {t.train_images for t in targets} == {partition_sizes(num_images)[0]}
     assert {t.epochs for t in targets} == {3} and {t.setting for t in targets} == {SETTING}
     assert sum(t.strategy == "stl" for t in targets) == 8
     celeba = reproduce_targets(celeba=True)
