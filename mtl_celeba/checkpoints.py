@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_celeba.errors import ConfigError
+from mtl_celeba.results import read_results
 
 #: Keys that do not change what a run trains; ignored when matching runs for ``resume=auto``.
 RUN_KEYS = ("ckpt_path", "resume")
@@ -103,10 +104,9 @@ def config_hash(cfg: DictConfig) -> str:
 def read_status(run_dir: Path) -> dict[str, Any]:
     """The run's ``metrics.json`` (``{}`` if absent or unreadable)."""
     try:
-        data = json.loads((run_dir / "metrics.json").read_text())
+        return read_results(run_dir)
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def is_resumable(run_dir: Path, cfg_hash: str) -> bool:

@@ -13,7 +13,6 @@ The Hydra plugin in ``mtl_celeba/_hydra_plugins`` is a thin shell around these f
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mtl_celeba.errors import ConfigError
+from mtl_celeba.results import read_results
 
 #: A slot is the value a job's CUDA_VISIBLE_DEVICES is set to, or None for a CPU job.
 Slot = str | None
@@ -127,10 +127,6 @@ def run_on_slots(
     return results
 
 
-#: The file a run writes its status and results to (see mtl_celeba.results).
-RESULTS_FILE = "metrics.json"
-
-
 def completed_run(job_dir: Path, overrides: Sequence[str]) -> bool:
     """Whether ``job_dir`` holds a finished run of exactly ``overrides``.
 
@@ -139,8 +135,8 @@ def completed_run(job_dir: Path, overrides: Sequence[str]) -> bool:
     stands for another configuration.
     """
     try:
-        status = json.loads((job_dir / RESULTS_FILE).read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
+        status = read_results(job_dir).get("status")
+    except (OSError, ValueError):
         return False
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))

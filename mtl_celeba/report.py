@@ -8,7 +8,6 @@ single-task (STL) runs, and writes ``report.md``, ``report.csv`` and PNG plots.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf
 from mtl_celeba.errors import UserError
 from mtl_celeba.io import write_text_atomic
 from mtl_celeba.report_plots import write_plots
+from mtl_celeba.results import RESULTS_FILE, read_results
 from mtl_celeba.scheduling.dst import DST_METRICS
 from mtl_celeba.statistics import ALPHA, MIN_PAIRS, Statistics, analyse, context_keys, delta_m
 
@@ -46,9 +46,6 @@ ENTRY_POINTS = {"train": "mtl-train", "evaluate": "mtl-eval"}
 #: Shown in tables where a value cannot be computed (no MTL or STL reference, a single seed).
 NOT_AVAILABLE = "n/a"
 
-#: The results file mtl_celeba.results writes. Not imported from there: that module loads torch
-#: and torchmetrics, which would add seconds to every report for one file name.
-RESULTS_FILE = "metrics.json"
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
 
@@ -173,15 +170,12 @@ def _run_rows(run_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     """Why a run cannot be reported (None if it can), and its parsed results if readable."""
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        return f"no {RESULTS_FILE}: the job stopped before training started", None
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = read_results(run_dir)
+    except FileNotFoundError:
+        return f"no {RESULTS_FILE}: the job stopped before training started", None
     except (OSError, ValueError) as error:
         return f"{RESULTS_FILE} cannot be read ({error})", None
-    if not isinstance(results, dict):
-        return f"{RESULTS_FILE} does not hold a JSON object", None
     status = results.get("status")
     if status == "failed":
         return results.get("error") or "failed without an error message", results

@@ -63,6 +63,20 @@ def evaluation_results(model: Any, datamodule: Any) -> dict[str, Any]:
     }
 
 
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` as a dict: the one reader of the file.
+
+    Raises ``FileNotFoundError`` when the run has none, ``OSError`` when it cannot be read and
+    ``ValueError`` when it is not a JSON object (a run killed mid-write never leaves one: writes
+    are atomic, but a file copied by hand may be cut).
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return data
+
+
 def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
     """Write ``results`` as the run's ``metrics.json``, atomically; returns the path.
 

@@ -18,7 +18,6 @@ to the target: same device, backbone, image size and precision (the printout say
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.results import RESULTS_FILE
+from mtl_celeba.results import RESULTS_FILE, read_results
 
 #: ``make reproduce``'s grids and scales, as in the Makefile (a test keeps the two equal).
 REPRODUCE_EXPERIMENTS = ("dst_vs_baselines", "drop_metrics")
@@ -156,7 +155,7 @@ def job_costs(sweep_dir: Path) -> list[JobCost]:
     costs = []
     for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_results(path.parent)
         except (OSError, ValueError):
             continue  # a run still writing, or a broken file: not a measurement
         timing = data.get("timing") or {}
