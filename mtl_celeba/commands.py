@@ -49,7 +49,7 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
-        help="DataLoader workers of the fast and naive pipelines (CPU 1, GPU min(8, cores))",
+        help="DataLoader workers of the fast and naive pipelines (CPU 0, GPU min(8, cores))",
     )
     parser.add_argument(
         "--num-images", type=int, help="synthetic CelebA size (CPU 3000, GPU 30000)"
@@ -63,9 +63,9 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-root", help="the CelebA folder (required with --data-source celeba)"
     )
-    parser.add_argument("--windows", type=int, help="timed windows per run (CPU 3, GPU 5)")
+    parser.add_argument("--windows", type=int, help="timed windows per run (5)")
     parser.add_argument(
-        "--window-steps", type=int, help="training steps per window (CPU 3, GPU 30)"
+        "--window-steps", type=int, help="training steps per window (CPU 5, GPU 30)"
     )
     parser.add_argument(
         "--warmup-steps", type=int, help="untimed steps before the first window (CPU 2, GPU 30)"
