@@ -88,14 +88,20 @@ def test_final_status_is_recorded_when_no_new_file_fits(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("writer", ["foreground", "background"])
 def test_training_on_a_full_disk_fails_cleanly(
-    compose_train, tmp_path, disk_fills_during_checkpoints
+    compose_train, tmp_path, disk_fills_during_checkpoints, writer
 ):
+    from test_async_checkpoints import BACKGROUND_CHECKPOINTS
+
     from mtl_celeba.train import train
 
     run_dir = tmp_path / "run"
+    overrides = ["strategy=mtl", "trainer.max_epochs=1"]
+    if writer == "background":  # the GPU configs' writer: the error surfaces after the write
+        overrides.append(BACKGROUND_CHECKPOINTS)
     with pytest.raises(DiskFullError, match=r"free space or point hydra\.run\.dir elsewhere"):
-        train(compose_train(["strategy=mtl", "trainer.max_epochs=1"], run_dir=run_dir), run_dir)
+        train(compose_train(overrides, run_dir=run_dir), run_dir)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["status"] == "failed" and saved["error"].startswith("DiskFullError: no space left")
     assert list((run_dir / "checkpoints").iterdir()) == []
