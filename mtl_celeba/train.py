@@ -7,6 +7,7 @@ config mistake then fails in about a second instead of after the 20-30 s imports
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,6 +188,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if schedules:
             results["schedule"] = schedules[0]
     except BaseException as error:
+        if stopped_by_sigterm(error):
+            # Lightning stops at the next step on SIGTERM by raising a SystemExit without a
+            # code, which exits 0: a scheduler would count the stopped job as finished.
+            results.update(status="failed", error="stopped by SIGTERM before the end")
+            raise SystemExit(128 + signal.SIGTERM) from None
         disk_full = disk_full_error(error, run_dir)
         failure = disk_full or error
         results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
@@ -206,6 +212,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     write_run_curves(run_dir)  # RUN/curves.png from the CSV logger; logs, never raises
     return results
+
+
+def stopped_by_sigterm(error: BaseException) -> bool:
+    """Whether ``error`` is Lightning's stop after a SIGTERM (imported only for a SystemExit,
+    so a configuration mistake still fails before the training stack is loaded)."""
+    if not isinstance(error, SystemExit):
+        return False
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(error, SIGTERMException)
 
 
 def torch_load_epoch(checkpoint_path: str) -> int:

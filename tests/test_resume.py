@@ -76,10 +76,8 @@ def test_auto_resume_inside_the_run_folder(tmp_path):
     assert auto_resume_checkpoint(cfg, run) is None
 
 
-@pytest.mark.slow
-def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_run(
-    synthetic_root, tmp_path
-):
+def tiny_train_command(synthetic_root: Path, tmp_path: Path) -> list[str]:
+    """``python -m mtl_celeba.train`` for a 2-epoch DST run on the tiny synthetic data."""
     args = [
         f"data.root={synthetic_root}",
         "data.num_images=400",
@@ -96,7 +94,22 @@ def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_r
         "strategy=dst",
         "seed=1",
     ]
-    command = [sys.executable, "-m", "mtl_celeba.train", *args]
+    return [sys.executable, "-m", "mtl_celeba.train", *args]
+
+
+def wait_for_first_epoch(process: subprocess.Popen, runs: Path) -> None:
+    """Until the run's first epoch has written last.ckpt (the second epoch starts)."""
+    deadline = time.monotonic() + 1800
+    while not list(runs.glob("*/checkpoints/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended early"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_run(
+    synthetic_root, tmp_path
+):
+    command = tiny_train_command(synthetic_root, tmp_path)
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -119,10 +132,7 @@ def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_r
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    deadline = time.monotonic() + 1800
-    while not list(runs.glob("*/checkpoints/last.ckpt")):  # epoch 1 ended: epoch 2 starts
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended early"
-        time.sleep(0.05)
+    wait_for_first_epoch(process, runs)
     process.send_signal(signal.SIGKILL)
     first_output = process.communicate()[0]
     assert "resume=auto: no unfinished run of this configuration" in first_output
@@ -144,3 +154,26 @@ def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_r
     ).read_text()
     leftovers = [p.name for p in (killed / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
     assert leftovers == [], "no temporary checkpoint files are left"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_with_status_143_and_a_failed_metrics_json(synthetic_root, tmp_path):
+    """A scheduler's SIGTERM (preemption, time limit) must not look like a finished job:
+    Lightning raises a SystemExit without a code, which would exit 0."""
+    runs = tmp_path / "project" / "outputs" / "train" / "runs"
+    process = subprocess.Popen(
+        [*tiny_train_command(synthetic_root, tmp_path), f"paths.root_dir={tmp_path / 'project'}"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_first_epoch(process, runs)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=600)[1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (stopped,) = runs.iterdir()
+    saved = json.loads((stopped / "metrics.json").read_text())
+    assert saved["status"] == "failed" and "SIGTERM" in saved["error"]
+    assert (stopped / "checkpoints" / "last.ckpt").is_file(), "resume=auto can continue it"
