@@ -81,6 +81,43 @@ def string(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
+def devices(value: Any) -> bool:
+    """Lightning's ``devices``: auto, -1 (all), a count >= 1, a list of indices or "0,1"."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value == -1 or value >= 1
+    if isinstance(value, str):
+        text = value.strip()
+        return (
+            text == "auto"
+            or text == "-1"
+            or all(part.strip().isdigit() for part in text.rstrip(",").split(","))
+        )
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return len(value) > 0 and all(integer(0)(index) for index in value)
+    return False
+
+
+#: Lightning's accelerator names (``cuda`` and ``gpu`` are the same).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+#: The trainer keys both commands have.
+TRAINER_RULES: tuple[Rule, ...] = (
+    Rule(
+        "trainer.accelerator",
+        one_of(*ACCELERATORS),
+        f"one of {', '.join(ACCELERATORS)}",
+        "trainer.accelerator=gpu",
+    ),
+    Rule(
+        "trainer.devices",
+        devices,
+        "auto, -1 (all), a count >= 1 or a list of indices",
+        "trainer.devices=1 or trainer.devices=[0,1]",
+    ),
+)
+
 #: Keys of ``mtl-train`` (and of ``mtl-eval`` where present), with what they accept.
 TRAIN_RULES: tuple[Rule, ...] = (
     Rule("seed", integer(0, 2**32 - 1), "an integer in [0, 2**32)", "seed=0"),
@@ -122,6 +159,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
         "an integer in [0, 2**32)",
         "data.shuffle_seed=0",
     ),
+    *TRAINER_RULES,
     Rule("trainer.max_epochs", integer(1), "an integer >= 1", "trainer.max_epochs=4"),
     Rule(
         "trainer.min_epochs",
@@ -165,6 +203,7 @@ EVAL_RULES: tuple[Rule, ...] = (
     Rule("split", one_of("val", "test"), "val or test", "split=test"),
     Rule("ckpt_path", string, "a checkpoint file", "ckpt_path=RUN/checkpoints/last.ckpt"),
     *(rule for rule in TRAIN_RULES if rule.key.startswith("data.")),
+    *TRAINER_RULES,
 )
 
 

@@ -49,6 +49,10 @@ def train_error(*overrides: str) -> str:
         (["model.optimizer.lr=0"], "model.optimizer.lr is 0: use a number > 0"),
         (["model.head_dropout=1.5"], "model.head_dropout is 1.5"),
         (["resume=yes"], "resume is 'yes': use auto or null"),
+        (["trainer.devices=abc"], "trainer.devices is 'abc': use auto, -1 (all), a count"),
+        (["trainer.devices=0"], "trainer.devices is 0"),
+        (["trainer.devices=[]"], "trainer.devices is []"),
+        (["trainer.accelerator=gpux"], "trainer.accelerator is 'gpux': use one of auto, cpu"),
     ],
 )
 def test_bad_values_fail_before_the_run(overrides, expected):
@@ -97,6 +101,9 @@ def test_unknown_keys_and_options_say_did_you_mean(overrides, expected):
         ["data=celeba", "data.root=/some/copy", "data.image_size=64"],
         ["debug=fast", "trainer=cpu", "data.attributes=[Male,Smiling]"],
         ["data.label_noise=celeba"],
+        ["trainer=gpu", "trainer.devices=[0,1]"],
+        ["trainer.devices=auto", "trainer.accelerator=cuda"],
+        ["trainer=ddp", "trainer.devices='0,1'"],
     ],
 )
 def test_valid_command_lines_pass(overrides):
@@ -108,6 +115,8 @@ def test_mtl_eval_without_ckpt_path_and_with_a_bad_split():
         preflight("eval", [], validate_eval_config)
     with pytest.raises(ConfigError, match="split is 'train': use val or test"):
         preflight("eval", ["ckpt_path=x.ckpt", "split=train"], validate_eval_config)
+    with pytest.raises(ConfigError, match=r"trainer\.devices is 'abc': use auto, -1"):
+        preflight("eval", ["ckpt_path=x.ckpt", "trainer.devices=abc"], validate_eval_config)
 
 
 # ---------------------------------------------------------------- checkpoints
