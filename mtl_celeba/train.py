@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
     started = time.perf_counter()
     timer = None
+    sigterm_handler = SigtermHandler()
     resumed = auto_resume_checkpoint(cfg, run_dir)  # before metrics.json is rewritten below
     results: dict[str, Any] = {
         "status": "running",
@@ -200,6 +202,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise disk_full from None
         raise
     finally:
+        sigterm_handler.restore()
         finished = time.perf_counter()
         results["wall_time_s"] = round(finished - started, 2)
         if timer is not None:
@@ -212,6 +215,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     write_run_curves(run_dir)  # RUN/curves.png from the CSV logger; logs, never raises
     return results
+
+
+class SigtermHandler:
+    """The process's SIGTERM handler, put back after training.
+
+    Lightning installs its own for fit, validate and test (it only sets a flag its loops read)
+    and restores the previous one in its teardown, but skips that when the strategy's teardown
+    raises (a background checkpoint write that failed). The process would keep a handler that
+    ignores SIGTERM: an in-process sweep could no longer be stopped by it, and worker processes
+    forked later (the synthetic generator's pool) would inherit it and never terminate.
+    """
+
+    def __init__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self.handler = signal.getsignal(signal.SIGTERM) if main else None
+
+    def restore(self) -> None:
+        if self.handler is not None:  # None: not the main thread, or not set from Python
+            signal.signal(signal.SIGTERM, self.handler)
 
 
 def stopped_by_sigterm(error: BaseException) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -100,8 +101,11 @@ def test_training_on_a_full_disk_fails_cleanly(
     overrides = ["strategy=mtl", "trainer.max_epochs=1"]
     if writer == "background":  # the GPU configs' writer: the error surfaces after the write
         overrides.append(BACKGROUND_CHECKPOINTS)
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(DiskFullError, match=r"free space or point hydra\.run\.dir elsewhere"):
         train(compose_train(overrides, run_dir=run_dir), run_dir)
+    # Lightning skips restoring it when its teardown raises; train() puts it back
+    assert signal.getsignal(signal.SIGTERM) is sigterm_handler
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["status"] == "failed" and saved["error"].startswith("DiskFullError: no space left")
     assert list((run_dir / "checkpoints").iterdir()) == []

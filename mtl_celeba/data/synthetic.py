@@ -263,7 +263,12 @@ def _render_all(
         if workers == 1:
             return collect(map(_render_chunk, tasks))
         with multiprocessing.Pool(workers) as pool:
-            return collect(pool.imap(_render_chunk, tasks))
+            rendered = collect(pool.imap(_render_chunk, tasks))
+            # let the workers exit on their own: the context manager's terminate() relies on
+            # SIGTERM, which a worker forked from a process that catches it would ignore
+            pool.close()
+            pool.join()
+            return rendered
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
