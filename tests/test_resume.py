@@ -97,12 +97,22 @@ def tiny_train_command(synthetic_root: Path, tmp_path: Path) -> list[str]:
     return [sys.executable, "-m", "mtl_celeba.train", *args]
 
 
-def wait_for_first_epoch(process: subprocess.Popen, runs: Path) -> None:
-    """Until the run's first epoch has written last.ckpt (the second epoch starts)."""
-    deadline = time.monotonic() + 1800
-    while not list(runs.glob("*/checkpoints/last.ckpt")):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended early"
-        time.sleep(0.05)
+def signal_after_first_epoch(
+    command: list[str], runs: Path, signum: signal.Signals, logs: Path
+) -> tuple[int, str, str]:
+    """Run ``command``, send ``signum`` once its first epoch has written last.ckpt (the second
+    epoch starts); its exit status, stdout and stderr (through files: a full pipe would stall
+    the run while nothing reads it)."""
+    out, err = logs / "stdout.txt", logs / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=stdout, stderr=stderr)
+        deadline = time.monotonic() + 1800
+        while not list(runs.glob("*/checkpoints/last.ckpt")):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended early"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        returncode = process.wait(timeout=600)
+    return returncode, out.read_text(), err.read_text()
 
 
 @pytest.mark.slow
@@ -125,16 +135,7 @@ def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_r
     # the same configuration with resume=auto; its runs go to ROOT/outputs/train/runs/<time>
     auto = [f"paths.root_dir={tmp_path / 'project'}", "resume=auto"]
     runs = tmp_path / "project" / "outputs" / "train" / "runs"
-    process = subprocess.Popen(
-        [*command, *auto],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    wait_for_first_epoch(process, runs)
-    process.send_signal(signal.SIGKILL)
-    first_output = process.communicate()[0]
+    _, first_output, _ = signal_after_first_epoch([*command, *auto], runs, signal.SIGKILL, tmp_path)
     assert "resume=auto: no unfinished run of this configuration" in first_output
     (killed,) = runs.iterdir()
     assert json.loads((killed / "metrics.json").read_text())["status"] == "running"
@@ -161,17 +162,12 @@ def test_sigterm_stops_the_run_with_status_143_and_a_failed_metrics_json(synthet
     """A scheduler's SIGTERM (preemption, time limit) must not look like a finished job:
     Lightning raises a SystemExit without a code, which would exit 0."""
     runs = tmp_path / "project" / "outputs" / "train" / "runs"
-    process = subprocess.Popen(
-        [*tiny_train_command(synthetic_root, tmp_path), f"paths.root_dir={tmp_path / 'project'}"],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_first_epoch(process, runs)
-    process.send_signal(signal.SIGTERM)
-    stderr = process.communicate(timeout=600)[1]
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    command = [
+        *tiny_train_command(synthetic_root, tmp_path),
+        f"paths.root_dir={tmp_path / 'project'}",
+    ]
+    returncode, _, stderr = signal_after_first_epoch(command, runs, signal.SIGTERM, tmp_path)
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Traceback" not in stderr
     (stopped,) = runs.iterdir()
     saved = json.loads((stopped / "metrics.json").read_text())
