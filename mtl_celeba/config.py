@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,9 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from mtl_celeba.errors import UserError
+
+#: The Hydra behaviour every entry point asks for (``@hydra.main(version_base=...)``).
+VERSION_BASE = "1.3"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _CHECKOUT_DIR = _PACKAGE_DIR.parent
@@ -28,9 +32,17 @@ PROJECT_ROOT = _CHECKOUT_DIR if _is_checkout(_CHECKOUT_DIR) else Path.cwd().reso
 CONFIG_DIR = _PACKAGE_DIR / "conf" if (_PACKAGE_DIR / "conf").is_dir() else _CHECKOUT_DIR / "conf"
 
 
-def _gpu_per_job() -> int:
-    from mtl_celeba.launcher import visible_gpus
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else every device torch counts."""
+    declared = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if declared is not None:
+        return [gpu.strip() for gpu in declared.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    import torch
 
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def _gpu_per_job() -> int:
     return 1 if visible_gpus() else 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import functools
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -33,6 +34,40 @@ class ConfigError(UserError):
 
 class DiskFullError(UserError):
     """A write failed because the disk (or the user's quota) is full."""
+
+
+#: How close a misspelling must be for a suggestion (difflib's ratio), everywhere.
+SUGGESTION_CUTOFF = 0.6
+
+
+def did_you_mean(word: object, candidates: Iterable[object], n: int = 1, prefix: str = "") -> str:
+    """`` Did you mean X?`` for the closest candidates (a different case counts as closest), or ``""``.
+
+    The one suggestion rule of the project: every "no such name" message uses it. ``prefix``
+    is put before each suggestion (a config key's parent: ``data.``).
+    """
+    names = [str(candidate) for candidate in candidates]
+    same_but_case = [name for name in names if name.lower() == str(word).lower()]
+    close = same_but_case or difflib.get_close_matches(
+        str(word), names, n=n, cutoff=SUGGESTION_CUTOFF
+    )
+    return f" Did you mean {', '.join(prefix + name for name in close[:n])}?" if close else ""
+
+
+def check_choice(value: object, key: str, choices: Iterable[object], what: str = "") -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is one of ``choices``.
+
+    ``key`` names the setting (``data.resize``, ``--metric``), ``what`` optionally says what
+    the choices are. As torchvision's ``verify_str_arg``, one helper for every "use one of" check.
+    """
+    options = list(choices)
+    if value in options:
+        return
+    shown = f"{value!r}" if isinstance(value, str) else f"{value}"
+    listed = ", ".join(str(option) for option in options)
+    raise ConfigError(
+        f"{key} is {shown}: use one of {what + ': ' if what else ''}{listed}.{did_you_mean(value, options)}"
+    )
 
 
 #: errno values that mean "no space left".

@@ -13,31 +13,28 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_celeba.checkpoints import check_checkpoint
-from mtl_celeba.cli import did_you_mean, hydra_entry
+from mtl_celeba.cli.hydra_app import hydra_entry
+from mtl_celeba.cli.validate import validate_data_config, validate_eval_config
 from mtl_celeba.config import instantiate
-from mtl_celeba.errors import ConfigError
-from mtl_celeba.results import (
+from mtl_celeba.errors import ConfigError, did_you_mean
+from mtl_celeba.run.layout import (
+    HYDRA_DIR,
+    HYDRA_FILES,
     RESULTS_FILE,
+    checkpoint_run_dir,
+    training_choices,
+    training_config,
+)
+from mtl_celeba.run.results import (
+    RunConfig,
     evaluation_results,
     format_table,
     results_table,
     write_results,
 )
-from mtl_celeba.validate import validate_data_config, validate_eval_config
+from mtl_celeba.run.resume import check_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def training_config(checkpoint: Path) -> DictConfig:
-    """The composed config of the run that wrote ``checkpoint`` (``RUN/checkpoints/x.ckpt``)."""
-    path = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not path.exists():
-        raise ConfigError(
-            f"No training config at {path}: ckpt_path must point into a run folder written by "
-            "mtl-train (RUN/checkpoints/*.ckpt), whose .hydra/config.yaml describes the data."
-        )
-    return OmegaConf.load(path)  # type: ignore[return-value]
 
 
 def check_data_keys(overrides: DictConfig, run_data: DictConfig, run_config: Path) -> None:
@@ -58,10 +55,10 @@ def remove_empty_run_folder(run_dir: Path) -> None:
     ``outputs/eval/runs/<time>/``. A folder with results or other files is left alone.
 
     The open log file is unlinked, not closed: later records go to the removed file unseen."""
-    hydra_files = [run_dir / ".hydra" / f"{name}.yaml" for name in ("config", "hydra", "overrides")]
+    hydra_files = [run_dir / name for name in HYDRA_FILES]
     for path in [*hydra_files, *run_dir.glob("*.log")]:
         path.unlink(missing_ok=True)
-    for folder in (run_dir / ".hydra", run_dir):
+    for folder in (run_dir / HYDRA_DIR, run_dir):
         try:
             folder.rmdir()
         except OSError:  # not empty (or already gone): keep it
@@ -75,7 +72,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = Path(cfg.ckpt_path)
     check_checkpoint(checkpoint)  # missing, truncated or not a checkpoint: one line
     train_cfg = training_config(checkpoint)
-    check_data_keys(cfg.data, train_cfg.data, checkpoint.resolve().parent.parent / ".hydra")
+    check_data_keys(cfg.data, train_cfg.data, checkpoint_run_dir(checkpoint) / HYDRA_DIR)
     data_cfg = OmegaConf.merge(train_cfg.data, cfg.data)
     OmegaConf.set_struct(train_cfg, False)
     train_cfg.data = data_cfg
@@ -84,8 +81,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     import lightning as L
 
-    from mtl_celeba.console import configure_lightning_output
     from mtl_celeba.models.module import MultiTaskModule
+    from mtl_celeba.run.console import configure_lightning_output
 
     configure_lightning_output()
     datamodule = instantiate(train_cfg.data)
@@ -99,11 +96,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "evaluated_checkpoint": str(checkpoint),
         "split": cfg.split,
-        "config": {
-            "backbone": model.hparams.backbone,
-            "strategy": train_cfg.strategy.name,
-            "seed": train_cfg.seed,
-        },
+        "config": RunConfig.of_training(train_cfg, training_choices(checkpoint)).to_dict(),
         **evaluation_results(model, datamodule),
         "wall_time_s": round(time.perf_counter() - started, 2),
     }

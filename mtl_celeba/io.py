@@ -8,7 +8,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @contextmanager
@@ -67,3 +70,13 @@ def overwrite_in_place(path: str | Path, text: str) -> bool:
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_figure(figure: Figure, path: Path, dpi: int = 120) -> None:
+    """Render a matplotlib ``figure`` to PNG with Agg (no pyplot, no display) and write it
+    atomically: to a temporary file in the same folder, renamed onto ``path`` once complete."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")

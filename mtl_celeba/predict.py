@@ -8,28 +8,37 @@ reads CelebA), then ImageNet normalisation (:func:`normalize_uint8`). Writes, in
 folder of this command, ``predictions.csv`` (per image: ``<task>_prob`` and the 0/1 decision
 ``<task>``) and ``predictions.png`` (the first images, each with its predicted attributes).
 An image that cannot be decoded is named on one line and skipped.
+
+
+numpy, pandas, torch and matplotlib are imported once the command line is checked
+(:func:`mtl_celeba.cli.hydra_app.hydra_entry`), so a mistake there fails in about a second.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-import torch
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from mtl_celeba.data.augment import normalize_uint8
-from mtl_celeba.data.images import load_face
-from mtl_celeba.errors import ConfigError, DataError, UserError, print_user_error
-from mtl_celeba.evaluate import training_config
-from mtl_celeba.io import write_text_atomic
-from mtl_celeba.models.module import MultiTaskModule
-from mtl_celeba.report_plots import save_figure
+from mtl_celeba.cli.hydra_app import hydra_entry
+from mtl_celeba.cli.validate import validate_predict_config
+from mtl_celeba.errors import ConfigError, DataError
+from mtl_celeba.io import save_figure, write_text_atomic
+from mtl_celeba.run.layout import training_config
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from mtl_celeba.models.module import MultiTaskModule
+
+log = logging.getLogger(__name__)
 
 #: File name endings taken from a folder (a glob takes whatever it matches).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -54,6 +63,8 @@ def find_images(images: str | Path) -> list[Path]:
 
 def choose_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; other names are checked to exist."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -71,6 +82,10 @@ def read_faces(
     paths: Sequence[Path], size: int, batch_size: int
 ) -> Iterator[tuple[list[Path], np.ndarray]]:
     """Batches of (paths, (B, size, size, 3) uint8 faces); undecodable files are reported and skipped."""
+    import numpy as np
+
+    from mtl_celeba.data.images import load_face
+
     batch: list[Path] = []
     faces: list[np.ndarray] = []
     for path in paths:
@@ -87,17 +102,24 @@ def read_faces(
         yield batch, np.stack(faces)
 
 
-@torch.inference_mode()
 def probabilities(model: MultiTaskModule, faces: np.ndarray, device: torch.device) -> np.ndarray:
     """(B, T) sigmoid outputs for (B, H, W, 3) uint8 faces, normalised as in training."""
-    images = torch.from_numpy(faces).permute(0, 3, 1, 2).to(device)
-    return torch.sigmoid(model(normalize_uint8(images)).float()).cpu().numpy()
+    import torch
+
+    from mtl_celeba.data.augment import normalize_uint8
+
+    with torch.inference_mode():
+        images = torch.from_numpy(faces).permute(0, 3, 1, 2).to(device)
+        return torch.sigmoid(model(normalize_uint8(images)).float()).cpu().numpy()
 
 
 def prediction_table(
     paths: Sequence[Path], probs: np.ndarray, tasks: Sequence[str], threshold: float
 ) -> pd.DataFrame:
     """One row per image: ``image``, then ``<task>_prob`` and the decision ``<task>`` (0/1) per task."""
+    import numpy as np
+    import pandas as pd
+
     table = pd.DataFrame({"image": [str(p) for p in paths]})
     for i, task in enumerate(tasks):
         table[f"{task}_prob"] = np.round(probs[:, i], 6)
@@ -109,6 +131,8 @@ def plot_predictions(
     faces: Sequence[np.ndarray], table: pd.DataFrame, tasks: Sequence[str], path: Path
 ) -> None:
     """A grid of the faces, each captioned with its file name and the tasks predicted present."""
+    from matplotlib.figure import Figure
+
     columns = min(6, len(faces))
     rows = -(-len(faces) // columns)
     figure = Figure(figsize=(2.3 * columns, (2.3 + 0.16 * len(tasks)) * rows), layout="constrained")
@@ -128,13 +152,15 @@ def plot_predictions(
 
 def predict(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     """Predict every task for ``cfg.images`` with ``cfg.ckpt_path``; writes the CSV and the grid."""
+    import numpy as np
+
+    from mtl_celeba.models.module import MultiTaskModule
+
     checkpoint = Path(str(cfg.ckpt_path))
     if not checkpoint.is_file():
         raise ConfigError(
             f"ckpt_path {checkpoint} does not exist: pass a .ckpt file from a run's checkpoints/ folder."
         )
-    if int(cfg.batch_size) < 1:
-        raise ConfigError(f"batch_size is {cfg.batch_size}: choose 1 or more.")
     size = int(training_config(checkpoint).data.image_size)
     paths = find_images(cfg.images)
     device = choose_device(str(cfg.device))
@@ -162,21 +188,16 @@ def predict(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-def run_command(cfg: DictConfig) -> None:
-    """``mtl-predict`` (Hydra entry :func:`mtl_celeba.commands.predict`): predict, say where."""
+@hydra_entry("predict", validate_predict_config)
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point of ``mtl-predict``: predict, then say where the files are."""
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        predict(cfg, out_dir)
-    except UserError as error:
-        print_user_error(error)
-        raise SystemExit(2) from None
-    print(f"Predictions: {out_dir / PREDICTIONS_CSV}")
-    print(f"Grid:        {out_dir / PREDICTIONS_PNG}")
+    predict(cfg, out_dir)  # a UserError ends the command with one line (hydra_entry)
+    log.info("Predictions: %s", out_dir / PREDICTIONS_CSV)
+    log.info("Grid:        %s", out_dir / PREDICTIONS_PNG)
 
 
 if __name__ == "__main__":
-    from mtl_celeba.commands import predict as main
-
     main()

@@ -7,21 +7,26 @@ config mistake then fails in about a second instead of after the 20-30 s imports
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from mtl_celeba.checkpoints import auto_resume_checkpoint, check_checkpoint, config_hash
-from mtl_celeba.cli import hydra_entry
+from mtl_celeba.cli.hydra_app import hydra_entry
+from mtl_celeba.cli.validate import validate_train_config
 from mtl_celeba.config import hydra_choices, instantiate
 from mtl_celeba.data.attributes import resolve_attributes
-from mtl_celeba.errors import ConfigError, disk_full_error
-from mtl_celeba.results import evaluation_results, format_table, results_table, write_results
-from mtl_celeba.validate import validate_train_config
+from mtl_celeba.errors import ConfigError
+from mtl_celeba.run.layout import RESULTS_FILE
+from mtl_celeba.run.lifecycle import RunRecord
+from mtl_celeba.run.results import (
+    RunConfig,
+    evaluation_results,
+    format_table,
+    results_table,
+)
+from mtl_celeba.run.resume import auto_resume_checkpoint, check_checkpoint, config_hash
+from mtl_celeba.scheduling.names import REFERENCE
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
@@ -45,7 +50,7 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
 
 def apply_single_task(cfg: DictConfig) -> None:
     """``strategy=stl``: train one network on ``strategy.task`` alone (replaces data.attributes)."""
-    if cfg.strategy.name != "stl":
+    if cfg.strategy.name != REFERENCE:
         return
     task = cfg.strategy.get("task")
     if task is None:
@@ -57,31 +62,6 @@ def apply_single_task(cfg: DictConfig) -> None:
         return
     with open_dict(cfg):
         cfg.data.attributes = resolve_attributes([task], key="strategy.task")
-
-
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The main choices of a run, as the report groups runs by them."""
-    choices = hydra_choices()
-    strategy = cfg.strategy
-    return {
-        "backbone": cfg.model.backbone,
-        "weights": cfg.model.weights,
-        "freeze": cfg.model.freeze,
-        # BackboneFinetuning (callbacks=finetune): the epoch the backbone is unfrozen at
-        "finetune": OmegaConf.select(
-            cfg, "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch", default=None
-        ),
-        "strategy": strategy.name,
-        "drop_metrics": list(strategy.metrics) if "metrics" in strategy else None,
-        "attribute_set": choices.get("attributes", "custom"),
-        "experiment": choices.get("experiment"),
-        "data_source": cfg.data.source,
-        "data_root": str(cfg.data.root),
-        "image_size": cfg.data.image_size,
-        "seed": cfg.seed,
-        "precision": str(cfg.trainer.precision),
-        "max_epochs": cfg.trainer.max_epochs,
-    }
 
 
 def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
@@ -111,139 +91,89 @@ def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
-    started = time.perf_counter()
-    timer = None
-    sigterm_handler = SigtermHandler()
     resumed = auto_resume_checkpoint(cfg, run_dir)  # before metrics.json is rewritten below
-    results: dict[str, Any] = {
-        "status": "running",
-        "run_dir": str(run_dir),
-        "config": {},
-        "config_hash": config_hash(cfg),
-    }
-    try:
-        write_results(run_dir, results)  # small, first: a full disk still gets a final status
+    with RunRecord(run_dir, config_hash(cfg)) as record:
+        results = record.results
         validate_train_config(cfg)  # fail fast: before the heavy imports
         apply_single_task(cfg)
         ckpt_path = resume_checkpoint(cfg, resumed)
         if ckpt_path:
             results["resumed_from"] = ckpt_path
-        results["config"] = run_config(cfg)
+        results["config"] = RunConfig.of_training(cfg, hydra_choices()).to_dict()
 
         import lightning as L
-        from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-        from lightning.pytorch.loggers import TensorBoardLogger
 
-        from mtl_celeba.console import configure_lightning_output
-        from mtl_celeba.dashboard import add_task_curves_layout
-        from mtl_celeba.progress import EpochProgressBar
-        from mtl_celeba.scheduling.strategy import TaskStrategy
-        from mtl_celeba.timing import JobTimer
+        from mtl_celeba.run.console import configure_lightning_output
+        from mtl_celeba.run.timing import JobTimer
 
         configure_lightning_output()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
-        timer = JobTimer(started)
-        callbacks = instantiate_callbacks(cfg)
-        if cfg.trainer.get("enable_progress_bar", True) and not any(
-            isinstance(c, ProgressBar) for c in callbacks
-        ):
-            callbacks.append(EpochProgressBar())
-        callbacks.append(timer)
-        loggers = instantiate_loggers(cfg)
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        for logger in loggers:
-            logger.log_hyperparams({k: v for k, v in results["config"].items() if v is not None})
-            if isinstance(logger, TensorBoardLogger):
-                add_task_curves_layout(logger)
-
+        record.timer = JobTimer(record.started)
+        callbacks = [*instantiate_callbacks(cfg), record.timer]
+        trainer = build_trainer(cfg, callbacks, results["config"])
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        # before validate/test, which restore the callbacks' state from the best checkpoint
-        schedules = [c.results_summary() for c in callbacks if isinstance(c, TaskStrategy)]
-        checkpoint = next(
-            (
-                c
-                for c in trainer.checkpoint_callbacks
-                if isinstance(c, ModelCheckpoint) and c.monitor
-            ),
-            None,
-        )
-        best = (
-            checkpoint.best_model_path
-            if checkpoint is not None and checkpoint.best_model_path
-            else None
-        )
-        best_epoch = int(torch_load_epoch(best)) + 1 if best else None  # counted from 1
-        if cfg.get("test"):
-            trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-            # the model (and the callbacks) hold the best checkpoint's state now: restoring it
-            # again would only repeat Lightning's "Restoring states" message
-            trainer.test(model, datamodule=datamodule, verbose=False)
-        results.update(
-            status="completed",
-            **evaluation_results(model, datamodule),
-            best_epoch=best_epoch,
-            epochs_trained=trainer.current_epoch,
-            best_checkpoint=best,
-        )
-        if schedules:
-            results["schedule"] = schedules[0]
-    except BaseException as error:
-        if stopped_by_sigterm(error):
-            # Lightning stops at the next step on SIGTERM by raising a SystemExit without a
-            # code, which exits 0: a scheduler would count the stopped job as finished.
-            results.update(status="failed", error="stopped by SIGTERM before the end")
-            raise SystemExit(128 + signal.SIGTERM) from None
-        disk_full = disk_full_error(error, run_dir)
-        failure = disk_full or error
-        results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
-        if disk_full is not None:
-            raise disk_full from None
-        raise
-    finally:
-        sigterm_handler.restore()
-        finished = time.perf_counter()
-        results["wall_time_s"] = round(finished - started, 2)
-        if timer is not None:
-            results["timing"] = timer.summary(finished)
-        try:
-            write_results(run_dir, results)
-        except OSError as error:
-            raise (disk_full_error(error, run_dir) or error) from None
-    from mtl_celeba.curves import write_run_curves
+        results.update(evaluate_best(cfg, trainer, model, datamodule))
+    from mtl_celeba.run.curves import write_run_curves
 
     write_run_curves(run_dir)  # RUN/curves.png from the CSV logger; logs, never raises
     return results
 
 
-class SigtermHandler:
-    """The process's SIGTERM handler, put back after training.
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str, Any]) -> Any:
+    """The Lightning Trainer of ``cfg.trainer`` with the run's callbacks (plus the one-line
+    epoch progress bar unless another bar is configured) and loggers."""
+    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
 
-    Lightning installs its own for fit, validate and test (it only sets a flag its loops read)
-    and restores the previous one in its teardown, but skips that when the strategy's teardown
-    raises (a background checkpoint write that failed). The process would keep a handler that
-    ignores SIGTERM: an in-process sweep could no longer be stopped by it, and worker processes
-    forked later (the synthetic generator's pool) would inherit it and never terminate.
-    """
+    from mtl_celeba.run.progress import EpochProgressBar
+    from mtl_celeba.run.tensorboard import add_task_curves_layout
 
-    def __init__(self) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        self.handler = signal.getsignal(signal.SIGTERM) if main else None
+    if cfg.trainer.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        callbacks = [*callbacks, EpochProgressBar()]
+    loggers = instantiate_loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams({k: v for k, v in hparams.items() if v is not None})
+        if isinstance(logger, TensorBoardLogger):
+            add_task_curves_layout(logger)
+    return trainer
 
-    def restore(self) -> None:
-        if self.handler is not None:  # None: not the main thread, or not set from Python
-            signal.signal(signal.SIGTERM, self.handler)
 
+def evaluate_best(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dict[str, Any]:
+    """After fit: validate and test the best checkpoint (if ``cfg.test``); the final fields of
+    metrics.json (status completed, metrics, best epoch, the strategy's schedule)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-def stopped_by_sigterm(error: BaseException) -> bool:
-    """Whether ``error`` is Lightning's stop after a SIGTERM (imported only for a SystemExit,
-    so a configuration mistake still fails before the training stack is loaded)."""
-    if not isinstance(error, SystemExit):
-        return False
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from mtl_celeba.scheduling.strategy import TaskStrategy
 
-    return isinstance(error, SIGTERMException)
+    # before validate/test, which restore the callbacks' state from the best checkpoint
+    schedules = [c.results_summary() for c in trainer.callbacks if isinstance(c, TaskStrategy)]
+    checkpoint = next(
+        (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor),
+        None,
+    )
+    best = checkpoint.best_model_path if checkpoint is not None else None
+    best = best or None
+    best_epoch = int(torch_load_epoch(best)) + 1 if best else None  # counted from 1
+    if cfg.get("test"):
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        # the model (and the callbacks) hold the best checkpoint's state now: restoring it
+        # again would only repeat Lightning's "Restoring states" message
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    final = {
+        "status": "completed",
+        **evaluation_results(model, datamodule),
+        "best_epoch": best_epoch,
+        "epochs_trained": trainer.current_epoch,
+        "best_checkpoint": best,
+    }
+    if schedules:
+        final["schedule"] = schedules[0]
+    return final
 
 
 def torch_load_epoch(checkpoint_path: str) -> int:
@@ -268,7 +198,7 @@ def summary_text(results: dict[str, Any], run_dir: Path) -> str:
         lines += [format_table(results_table(results, "test")), ""]
     lines += [
         f"Run folder:  {run_dir}",
-        f"Results:     {run_dir / 'metrics.json'}",
+        f"Results:     {run_dir / RESULTS_FILE}",
         f"TensorBoard: tensorboard --logdir {run_dir}",
     ]
     return "\n".join(lines)

@@ -14,12 +14,12 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
-from mtl_celeba.checkpoint_io import AtomicCheckpointIO
+from mtl_celeba.run.checkpoint_writer import AtomicCheckpointIO
 
 #: The GPU configs' plugin, as a command-line override for a CPU run.
 BACKGROUND_CHECKPOINTS = (
     "trainer.plugins=[{_target_:lightning.pytorch.plugins.io.AsyncCheckpointIO,"
-    "checkpoint_io:{_target_:mtl_celeba.checkpoint_io.AtomicCheckpointIO}}]"
+    "checkpoint_io:{_target_:mtl_celeba.run.checkpoint_writer.AtomicCheckpointIO}}]"
 )
 
 

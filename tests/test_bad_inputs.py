@@ -15,11 +15,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtl_celeba.checkpoints import check_checkpoint
-from mtl_celeba.cli import preflight
+from mtl_celeba.cli.hydra_app import preflight
+from mtl_celeba.cli.validate import validate_eval_config, validate_train_config
 from mtl_celeba.config import PROJECT_ROOT
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.validate import validate_eval_config, validate_train_config
+from mtl_celeba.run.resume import check_checkpoint
 
 
 def train_error(*overrides: str) -> str:
@@ -176,7 +176,7 @@ def test_checkpoint_of_other_tasks_or_backbone(tmp_path):
 
 
 def test_train_records_config_and_checkpoint_errors(compose_train, tmp_path):
-    from mtl_celeba.checkpoints import read_status
+    from mtl_celeba.run.resume import read_status
     from mtl_celeba.train import train
 
     cases = {

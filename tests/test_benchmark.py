@@ -10,15 +10,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mtl_celeba import benchmark
-from mtl_celeba.benchmark import (
+from mtl_celeba.bench import throughput as benchmark
+from mtl_celeba.bench.__main__ import main
+from mtl_celeba.bench.throughput import (
     VARIANTS,
     WindowTimer,
     median_throughput,
     ratios,
     window_throughputs,
 )
-from mtl_celeba.commands import bench as main
 from mtl_celeba.models.optim import build_optimizer, fused_kwargs
 
 
@@ -235,6 +235,8 @@ def test_unsupported_precision_is_refused(capsys):
 def compose_settings(*overrides: str) -> SimpleNamespace:
     """The settings compose_run reads, for a tiny synthetic run with ``overrides``."""
     return SimpleNamespace(
+        accelerator="cpu",
+        precision="32-true",
         data_source="synthetic",
         data_root=None,
         num_images=400,

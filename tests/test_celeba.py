@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fake_celeba import LAYOUTS, write_fake_celeba
 from omegaconf import OmegaConf
 
 from mtl_celeba.config import CONFIG_DIR
 from mtl_celeba.data.attributes import ATTRIBUTE_PRESETS, CELEBA_ATTRIBUTES
 from mtl_celeba.data.celeba import (
-    decode_image,
     find_layout,
     load_celeba,
     read_attribute_file,
@@ -256,17 +254,6 @@ def test_missing_images(tmp_path: Path) -> None:
     assert len(index.image_ids) == 24
     assert not index.image_path("000024.jpg").exists()
     assert fake.image_dir == index.layout.image_dir
-
-
-def test_decode_image_good_and_corrupt(tmp_path: Path) -> None:
-    fake = write_fake_celeba(tmp_path, num_images=3, corrupt_image=True)
-    image = decode_image(fake.image_dir / "000002.jpg")
-    assert image.dtype == torch.uint8 and image.shape == (3, 218, 178)
-    assert image.float().std() > 1  # not blank: the block differs from the background
-    with pytest.raises(DataError, match=r"Cannot decode image .*000001\.jpg"):
-        decode_image(fake.image_dir / "000001.jpg")
-    with pytest.raises(DataError, match=r"Cannot decode image .*nothere\.jpg"):
-        decode_image(fake.image_dir / "nothere.jpg")
 
 
 def test_torchvision_reads_the_same_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

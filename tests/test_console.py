@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mtl_celeba.config import PROJECT_ROOT
-from mtl_celeba.console import ConsoleHandler, configure_lightning_output
+from mtl_celeba.run.console import ConsoleHandler, configure_lightning_output
 
 #: What the console used to show and must not any more.
 NOISE = (
@@ -110,7 +110,7 @@ def test_default_loader_workers_fit_the_machine(monkeypatch, tmp_path, cores, wo
 
 
 def test_final_table_counts_epochs_from_one() -> None:
-    from mtl_celeba.models.metrics import METRIC_NAMES
+    from mtl_celeba.run.results import METRIC_NAMES
     from mtl_celeba.train import summary_text
 
     scores = dict.fromkeys(METRIC_NAMES, 0.5)

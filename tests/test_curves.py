@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtl_celeba.curves import (
-    METRICS_CSV,
+from mtl_celeba.run.curves import (
     curves_figure,
     epoch_table,
     read_metrics_csv,
     train_loss,
     write_run_curves,
 )
+from mtl_celeba.run.layout import METRICS_CSV
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

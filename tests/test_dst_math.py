@@ -359,7 +359,7 @@ def test_resume_with_other_settings_is_refused() -> None:
 @pytest.mark.parametrize(
     ("metrics", "weights", "message"),
     [
-        (["depht"], None, "unknown DST metric 'depht'.*Did you mean 'depth'"),
+        (["depht"], None, "unknown DST metric 'depht'.*Did you mean depth"),
         ("depth", None, "must be a list"),
         ([], None, "empty"),
         (["depth", "depth"], None, "twice"),

@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from mtl_celeba.commands import explore as main
 from mtl_celeba.config import CONFIG_DIR, PROJECT_ROOT
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
 from mtl_celeba.data.celeba import load_celeba
+from mtl_celeba.data.explore import cluster_order, phi_matrix, run, select_attributes
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.explore import cluster_order, phi_matrix, run, select_attributes
+from mtl_celeba.explore import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from mtl_celeba import checkpoint_io, results
 from mtl_celeba.config import PROJECT_ROOT
 from mtl_celeba.errors import DiskFullError
-from mtl_celeba.results import write_results
+from mtl_celeba.run import checkpoint_writer as checkpoint_io
+from mtl_celeba.run import results
+from mtl_celeba.run.results import write_results
 
 
 @pytest.fixture

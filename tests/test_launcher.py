@@ -10,7 +10,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.mtl_celeba_launcher.grids import GridUnionSweeper
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.launcher import completed_run, job_slots, run_on_slots
+from mtl_celeba.sweeps.gpu_pool import completed_run, job_slots, run_on_slots
 
 
 def report_device(duration: float) -> tuple[str | None, int, float, float]:

@@ -10,17 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mtl_celeba.commands import report as main
 from mtl_celeba.errors import UserError
-from mtl_celeba.report import (
-    collect_runs,
-    compare,
-    data_description,
-    delta_m,
-    drop_metrics_label,
-    find_run_dirs,
-)
-from mtl_celeba.report_plots import read_val_curves
+from mtl_celeba.report.__main__ import main
+from mtl_celeba.report.compare import compare
+from mtl_celeba.report.markdown import data_description
+from mtl_celeba.report.plots import read_val_curves
+from mtl_celeba.report.runs import collect_runs, drop_metrics_label, find_run_dirs
+from mtl_celeba.report.statistics import delta_m
 from mtl_celeba.scheduling.dst import HISTORY_COLUMNS
 
 TASKS = ("Smiling", "Male", "Young")
@@ -372,7 +368,7 @@ def test_unknown_metric_is_one_clear_error(
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--metric", "precision"])
     error = capsys.readouterr().err
-    assert "--metric precision" in error and "accuracy, balanced_accuracy, f1, auroc" in error
+    assert "--metric is 'precision'" in error and "accuracy, balanced_accuracy, f1, auroc" in error
     assert not (tmp_path / "report.md").exists()
 
 

@@ -10,8 +10,12 @@ import json
 
 import pytest
 
-from mtl_celeba import checkpoints, launcher, report, sweep_bench
-from mtl_celeba.results import RESULTS_FILE, read_results, write_results
+from mtl_celeba.bench import sweep as sweep_bench
+from mtl_celeba.report import runs as report
+from mtl_celeba.run import resume as checkpoints
+from mtl_celeba.run.layout import RESULTS_FILE
+from mtl_celeba.run.results import read_results, write_results
+from mtl_celeba.sweeps import gpu_pool as launcher
 
 
 def test_read_results_returns_what_write_results_wrote(tmp_path):

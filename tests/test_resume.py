@@ -14,10 +14,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtl_celeba.checkpoints import auto_resume_checkpoint, config_hash, find_resumable_run
-from mtl_celeba.cli import compose, preflight
+from mtl_celeba.cli.hydra_app import compose, preflight
+from mtl_celeba.cli.validate import validate_train_config
 from mtl_celeba.config import PROJECT_ROOT
-from mtl_celeba.validate import validate_train_config
+from mtl_celeba.run.resume import auto_resume_checkpoint, config_hash, find_resumable_run
 
 
 def fake_run(runs: Path, name: str, cfg_hash: str, status: str, checkpoint: bool = True) -> Path:

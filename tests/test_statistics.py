@@ -10,15 +10,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mtl_celeba.commands import report as main
 from mtl_celeba.errors import UserError
-from mtl_celeba.report import (
-    GROUP_KEYS,
-    collect_runs,
-    find_run_dirs,
-    read_stl_reference,
-)
-from mtl_celeba.statistics import (
+from mtl_celeba.report.__main__ import main
+from mtl_celeba.report.compare import GROUP_KEYS, read_stl_reference
+from mtl_celeba.report.runs import collect_runs, find_run_dirs
+from mtl_celeba.report.statistics import (
     analyse,
     delta_m_over_seeds,
     holm,

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mtl_celeba import sweep_bench
-from mtl_celeba.commands import bench
-from mtl_celeba.config import PROJECT_ROOT
-from mtl_celeba.data.synthetic import partition_sizes
-from mtl_celeba.sweep_bench import (
+from mtl_celeba.bench import sweep as sweep_bench
+from mtl_celeba.bench.__main__ import main as bench
+from mtl_celeba.bench.sweep import (
     JobCost,
     TargetJob,
     cpu_busy_share,
@@ -25,6 +23,8 @@ from mtl_celeba.sweep_bench import (
     reproduce_targets,
     utilisation,
 )
+from mtl_celeba.config import PROJECT_ROOT
+from mtl_celeba.data.synthetic import partition_sizes
 
 SETTING = ("resnet18", 32, "32-true")
 

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from mtl_celeba.benchmark import SyncCounter
+from mtl_celeba.bench.throughput import SyncCounter
 from mtl_celeba.data.datamodule import CelebADataModule
 from mtl_celeba.models.module import MultiTaskModule
 

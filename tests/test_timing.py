@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtl_celeba.timing import JobTimer
+from mtl_celeba.run.timing import JobTimer
 from mtl_celeba.train import train
 
 

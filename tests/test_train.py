@@ -12,7 +12,7 @@ import torch
 
 from mtl_celeba.config import PROJECT_ROOT
 from mtl_celeba.evaluate import evaluate
-from mtl_celeba.models.metrics import METRIC_NAMES
+from mtl_celeba.run.results import METRIC_NAMES
 from mtl_celeba.train import train
 
 pytestmark = pytest.mark.slow

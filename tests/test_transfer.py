@@ -11,7 +11,8 @@ import torch
 import torchvision
 from hydra_plugins.mtl_celeba_launcher.grids import GridUnionSweeper
 
-from mtl_celeba.report import transfer_label
+from mtl_celeba.report.runs import transfer_label
+from mtl_celeba.run.results import RunConfig
 
 VARIANTS = {
     "model.weights=null": "scratch",
@@ -44,19 +45,28 @@ def test_grid_composes_every_variant(compose_train, tmp_path: Path) -> None:
 
 
 def test_transfer_labels() -> None:
-    assert transfer_label({"weights": None, "freeze": None}) == "-"
-    assert transfer_label({"weights": "/m/r18.pth", "freeze": "all"}) == "linear probe from r18.pth"
-    assert transfer_label({"weights": "DEFAULT", "freeze": 2}) == "last 2 blocks from DEFAULT"
-    assert transfer_label({"weights": "DEFAULT", "freeze": None}) == "full fine-tune from DEFAULT"
+    assert transfer_label(RunConfig.from_dict({"weights": None, "freeze": None})) == "-"
     assert (
-        transfer_label({"weights": "DEFAULT", "freeze": None, "finetune": 1})
+        transfer_label(RunConfig.from_dict({"weights": "/m/r18.pth", "freeze": "all"}))
+        == "linear probe from r18.pth"
+    )
+    assert (
+        transfer_label(RunConfig.from_dict({"weights": "DEFAULT", "freeze": 2}))
+        == "last 2 blocks from DEFAULT"
+    )
+    assert (
+        transfer_label(RunConfig.from_dict({"weights": "DEFAULT", "freeze": None}))
+        == "full fine-tune from DEFAULT"
+    )
+    assert (
+        transfer_label(RunConfig.from_dict({"weights": "DEFAULT", "freeze": None, "finetune": 1}))
         == "two-stage (backbone from epoch 2) from DEFAULT"  # unfreeze_backbone_at_epoch=1
     )
 
 
 @pytest.mark.slow
 def test_each_variant_trains_and_the_report_compares_them(compose_train, tmp_path: Path) -> None:
-    from mtl_celeba.commands import report
+    from mtl_celeba.report.__main__ import main as report
     from mtl_celeba.train import train
 
     torch.manual_seed(123)

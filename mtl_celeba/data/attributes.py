@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, did_you_mean
 
 #: The 40 attribute names exactly as they appear in ``list_attr_celeba.txt``, in column order.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -59,13 +58,10 @@ def resolve_attributes(names: Sequence[str], key: str = "data.attributes") -> li
         raise ConfigError(f"{key} is empty: choose at least one of CelebA's 40 attributes.")
     for name in names:
         if name not in CELEBA_ATTRIBUTES:
-            close = difflib.get_close_matches(name, CELEBA_ATTRIBUTES, n=3, cutoff=0.5)
-            lowered = [a for a in CELEBA_ATTRIBUTES if a.lower() == name.lower()]
-            hint = lowered or close
-            suggestion = f" Did you mean {', '.join(hint)}?" if hint else ""
             raise ConfigError(
-                f"{key} has unknown attribute {name!r}.{suggestion} "
-                "The valid names are the 40 columns of list_attr_celeba.txt (see README)."
+                f"{key} has unknown attribute {name!r}.{did_you_mean(name, CELEBA_ATTRIBUTES, n=3)} "
+                "The valid names are the 40 columns of list_attr_celeba.txt "
+                "(see docs/data.md, 'Real CelebA')."
             )
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:

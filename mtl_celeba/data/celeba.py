@@ -17,15 +17,12 @@ files ends in one :class:`DataError` sentence that names the file and the fix.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torchvision.io
 
 from mtl_celeba.data.attributes import resolve_attributes
 from mtl_celeba.errors import DataError
@@ -135,7 +132,7 @@ def find_layout(root: str | Path) -> CelebALayout:
     if not root.is_dir():
         raise DataError(
             f"data.root {root} is not a folder: set data.root to the folder that holds your "
-            "CelebA copy (see README, 'Real CelebA')."
+            "CelebA copy (see docs/data.md, 'Real CelebA')."
         )
     candidates = _candidate_layouts(root)
     for _, layout in candidates:
@@ -354,20 +351,3 @@ def load_celeba(
         labels=labels[attributes].to_numpy(dtype=np.float32),
         partition=partition.reindex(labels.index).to_numpy(dtype=np.int8),
     )
-
-
-def decode_image(path: str | Path) -> torch.Tensor:
-    """Decode one image file as a uint8 (3, H, W) RGB tensor with torchvision.
-
-    A missing, unreadable or corrupt file raises :class:`DataError` naming it.
-    """
-    try:
-        data = torchvision.io.read_file(str(path))
-        return torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as error:
-        # torchvision prefixes its reason with the C++ source location; keep only the reason
-        reason = re.sub(r"^.*?\.cpp:\d+, ", "", str(error).splitlines()[0] if str(error) else "")
-        raise DataError(
-            f"Cannot decode image {path} ({reason or type(error).__name__}): replace it with a "
-            "good copy from your CelebA download."
-        ) from None

@@ -29,7 +29,7 @@ from mtl_celeba.data.datasets import (
 )
 from mtl_celeba.data.images import RESIZE_MODES
 from mtl_celeba.data.synthetic import ensure_synthetic_celeba
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, check_choice
 
 SPLITS = ("train", "val", "test")
 PIPELINES = ("cached", "naive")
@@ -104,12 +104,9 @@ class CelebADataModule(L.LightningDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if resize not in RESIZE_MODES:
-            raise ConfigError(f"data.resize is {resize!r}: use one of {', '.join(RESIZE_MODES)}.")
-        if source not in SOURCES:
-            raise ConfigError(f"data.source is {source!r}: use one of {', '.join(SOURCES)}.")
-        if pipeline not in PIPELINES:
-            raise ConfigError(f"data.pipeline is {pipeline!r}: use one of {', '.join(PIPELINES)}.")
+        check_choice(resize, "data.resize", RESIZE_MODES)
+        check_choice(source, "data.source", SOURCES)
+        check_choice(pipeline, "data.pipeline", PIPELINES)
         if device_cache and pipeline != "cached":
             raise ConfigError(
                 "data.device_cache=true needs data.pipeline=cached (it holds the uint8 cache on "

@@ -518,7 +518,8 @@ def _parser() -> argparse.ArgumentParser:
         "--label-noise",
         type=_label_noise_argument,
         default=0.0,
-        help="fraction of written labels flipped (0..0.5), or celeba (per-attribute rates, see README)",
+        help="fraction of written labels flipped (0..0.5), or celeba (per-attribute rates, "
+        "see docs/data.md, 'Noisy labels like CelebA')",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="processes drawing images (default: all cores)"

@@ -12,7 +12,6 @@ per-model tables:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections import OrderedDict
@@ -26,7 +25,7 @@ import torchvision
 from torch import Tensor, fx, nn
 from torchvision.models import VGG, AlexNet, SqueezeNet
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +184,9 @@ def check_backbone_name(name: str) -> str:
     known = torchvision.models.list_models(module=torchvision.models)
     if name in known or name in CUSTOM_BACKBONES:
         return name
-    close = difflib.get_close_matches(str(name).lower(), known, n=3, cutoff=0.6)
-    suggestion = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
-        f"{BACKBONE_KEY}={name} is not a torchvision classification model.{suggestion} "
+        f"{BACKBONE_KEY}={name} is not a torchvision classification model."
+        f"{did_you_mean(str(name).lower(), known, n=3)} "
         f"Choose one of torchvision.models.list_models(module=torchvision.models), e.g. resnet18 "
         "or vgg16."
     )

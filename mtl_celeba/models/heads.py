@@ -13,7 +13,6 @@ the reference the fused heads are tested against, and the layout of older checkp
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, did_you_mean
 
 HIDDEN_KEY = "model.head_hidden"
 DROPOUT_KEY = "model.head_dropout"
@@ -72,11 +71,10 @@ def head_settings(
     overrides = dict(overrides or {})
     for task, settings in overrides.items():
         if task not in tasks:
-            close = difflib.get_close_matches(str(task), [str(t) for t in tasks], n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
                 f"{OVERRIDES_KEY} names {task!r}, which is not one of the tasks "
-                f"({', '.join(tasks)}).{hint} Override only tasks in data.attributes."
+                f"({', '.join(tasks)}).{did_you_mean(task, tasks, n=3)} "
+                "Override only tasks in data.attributes."
             )
         if not isinstance(settings, Mapping):
             raise ConfigError(

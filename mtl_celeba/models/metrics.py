@@ -19,7 +19,6 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.functional.classification import multilabel_auroc
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auroc")
 _IGNORE = -1
 
 

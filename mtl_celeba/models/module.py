@@ -2,68 +2,29 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
 from mtl_celeba.models.backbones import build_backbone
 from mtl_celeba.models.heads import build_heads
 from mtl_celeba.models.loss import masked_task_losses
-from mtl_celeba.models.metrics import METRIC_NAMES, TaskMetrics
+from mtl_celeba.models.metrics import TaskMetrics
 from mtl_celeba.models.optim import build_optimizer
-from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, feature_gramian, find_strategy
+from mtl_celeba.rng import collect_rng_states, restore_rng_states
+from mtl_celeba.run.results import METRIC_NAMES
+from mtl_celeba.scheduling.strategy import (
+    TaskStep,
+    TaskStrategy,
+    feature_gramian,
+    find_strategy,
+    mean_over_ranks,
+)
 
 Batch = tuple[Tensor, Tensor, Tensor]
-
-
-def collect_rng_states() -> dict[str, Any]:
-    """The states of Python's, numpy's and torch's (CPU and CUDA) global random generators."""
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": _plain_numpy_state(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def mean_over_ranks(trainer: L.Trainer, sums: Tensor, counts: Tensor) -> Tensor:
-    """Per-task ``sums / counts`` after summing both over the DDP ranks (unchanged on one device).
-
-    NaN where no rank saw a labelled sample: nothing was measured (a 0 would read as a loss
-    of 0). Reduces copies: DDP's all-reduce works in place, and the inputs are per-rank
-    accumulators.
-    """
-    sums = trainer.strategy.reduce(sums.clone(), reduce_op="sum")
-    counts = trainer.strategy.reduce(counts.clone(), reduce_op="sum")
-    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
-
-
-def _plain_numpy_state(state: tuple[Any, ...]) -> tuple[Any, ...]:
-    """numpy's legacy state with the key array as a list: loadable with ``weights_only=True``."""
-    name, keys, position, has_gauss, cached_gaussian = state
-    return name, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Inverse of :func:`collect_rng_states`."""
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
-    np.random.set_state(
-        (name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian)
-    )
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-SPLITS = ("train", "val", "test")
 
 
 class MultiTaskModule(L.LightningModule):

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from mtl_celeba.errors import ConfigError
 from mtl_celeba.io import write_text_atomic
-from mtl_celeba.models.module import collect_rng_states, mean_over_ranks, restore_rng_states
+from mtl_celeba.rng import collect_rng_states, restore_rng_states
+from mtl_celeba.run.layout import DST_HISTORY
 from mtl_celeba.scheduling.dst import DST_METRICS, HISTORY_COLUMNS, DSTSchedule, draw_gates
-from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy
+from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, mean_over_ranks
 
 GATE_EVERY = ("epoch", "step")
 
@@ -339,7 +340,7 @@ class DroppedScheduledTask(TaskGating):
         return (
             Path(self.history_file)
             if self.history_file
-            else Path(trainer.default_root_dir) / "dst_history.csv"
+            else Path(trainer.default_root_dir) / DST_HISTORY
         )
 
     def _log(self, trainer: L.Trainer, record: Any) -> None:

@@ -20,7 +20,6 @@ script.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, check_choice, did_you_mean
 
 #: The five DST metrics, in the order they are summed, logged and written.
 DST_METRICS: tuple[str, ...] = ("regularization", "depth", "count", "incompleteness", "stagnancy")
@@ -37,7 +36,8 @@ DST_METRICS: tuple[str, ...] = ("regularization", "depth", "count", "incompleten
 #: EMA factor of the stagnancy rate (the authors' value).
 DEFAULT_ALPHA = 0.1
 
-#: Controls that keep DST's drop budget but remove its task-specific signal (see README).
+#: Controls that keep DST's drop budget but remove its task-specific signal
+#: (see README, 'Strategies').
 CONTROLS: tuple[str, ...] = ("shuffled", "uniform")
 
 #: Columns of one ``dst_history.csv`` row, as produced by :meth:`EpochRecord.rows`. Row k
@@ -130,10 +130,9 @@ def resolve_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     chosen = list(metrics)
     for name in chosen:
         if name not in DST_METRICS:
-            close = difflib.get_close_matches(str(name), DST_METRICS, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"strategy.metrics has unknown DST metric {name!r}; choose from {list(DST_METRICS)}.{hint}"
+                f"strategy.metrics has unknown DST metric {name!r}: use one of "
+                f"{', '.join(DST_METRICS)}.{did_you_mean(name, DST_METRICS)}"
             )
     if len(set(chosen)) != len(chosen):
         raise ConfigError(
@@ -379,10 +378,8 @@ def uniform_probabilities(probabilities: ArrayLike) -> np.ndarray:
 
 
 def _check_control(control: str | None) -> str | None:
-    if control is not None and control not in CONTROLS:
-        raise ConfigError(
-            f"strategy.control is {control!r}: use null (DST itself) or one of {', '.join(CONTROLS)}."
-        )
+    if control is not None:
+        check_choice(control, "strategy.control", CONTROLS, "null (DST itself) or")
     return control
 
 

@@ -25,6 +25,21 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from mtl_celeba.scheduling.names import BASELINE, REFERENCE
+
+
+def mean_over_ranks(trainer: L.Trainer | None, sums: Tensor, counts: Tensor) -> Tensor:
+    """Per-task ``sums / counts`` after summing both over the DDP ranks (unchanged on one device).
+
+    NaN where no rank saw a labelled sample: nothing was measured (a 0 would read as a loss
+    of 0). One all-reduce of both, on copies (DDP's reduce works in place).
+    """
+    counts = counts.to(sums.dtype)
+    if trainer is not None and trainer.world_size > 1:
+        both = trainer.strategy.reduce(torch.stack([sums, counts]), reduce_op="sum")
+        sums, counts = both[0], both[1]
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
+
 
 @dataclass(frozen=True)
 class TaskStep:
@@ -59,7 +74,7 @@ class TaskStrategy(Callback):
     """
 
     #: The ``strategy.name`` of the config, as metrics.json and the report show it.
-    name: ClassVar[str] = "mtl"
+    name: ClassVar[str] = BASELINE
     #: Whether :meth:`combine` needs the Gramian of the per-task gradients.
     needs_gramian: ClassVar[bool] = False
 
@@ -77,6 +92,12 @@ class TaskStrategy(Callback):
     def results_summary(self) -> dict[str, Any]:
         """What this strategy adds to ``metrics.json`` under ``schedule`` (its name at least)."""
         return {"strategy": self.name}
+
+
+class SingleTask(TaskStrategy):
+    """``strategy=stl``: one network per attribute, its one task's loss as is."""
+
+    name: ClassVar[str] = REFERENCE
 
 
 def find_strategy(trainer: L.Trainer | None) -> TaskStrategy:

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy
+from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, mean_over_ranks
 
 
 class WeightedTaskStrategy(TaskStrategy):
@@ -56,12 +56,7 @@ class WeightedTaskStrategy(TaskStrategy):
 
     def global_losses(self, step: TaskStep) -> Tensor:
         """(T,) each task's mean loss over every DDP rank's labelled samples (NaN where none)."""
-        sums = step.losses.detach() * step.counts
-        counts = step.counts.to(sums.dtype)
-        if self._trainer is not None and self._trainer.world_size > 1:
-            both = self._trainer.strategy.reduce(torch.stack([sums, counts]), reduce_op="sum")
-            sums, counts = both[0], both[1]
-        return torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
+        return mean_over_ranks(self._trainer, step.losses.detach() * step.counts, step.counts)
 
     # -- Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

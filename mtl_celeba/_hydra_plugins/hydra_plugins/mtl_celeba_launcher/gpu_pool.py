@@ -1,7 +1,7 @@
 """Hydra launcher ``hydra/launcher=gpu_pool``: parallel jobs, one process and one GPU each.
 
 Hydra loads launchers only from the ``hydra_plugins`` namespace, so this thin shell lives
-here; the scheduling itself is :mod:`mtl_celeba.launcher`.
+here; the scheduling itself is :mod:`mtl_celeba.sweeps.gpu_pool`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.mtl_celeba_launcher.resume import NumberedJob, skip_completed
 from omegaconf import DictConfig, open_dict
 
-from mtl_celeba.launcher import JobTiming, Slot, job_slots, run_on_slots
+from mtl_celeba.sweeps.gpu_pool import JobTiming, Slot, job_slots, run_on_slots
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A rerun of a sweep with the same ``hydra.sweep.dir`` finds each job's folder from its job
 number and ``hydra.sweep.subdir`` (as Hydra's ``run_job`` does), and skips the job when
-:func:`mtl_celeba.launcher.completed_run` says that folder finished the same overrides.
+:func:`mtl_celeba.sweeps.gpu_pool.completed_run` says that folder finished the same overrides.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtl_celeba.launcher import completed_run
+from mtl_celeba.sweeps.gpu_pool import completed_run
 
 log = logging.getLogger(__name__)
 

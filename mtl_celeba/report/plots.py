@@ -17,17 +17,17 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mtl_celeba.curves import epoch_table, read_metrics_csv
-from mtl_celeba.io import atomic_open
+from mtl_celeba.io import save_figure
+from mtl_celeba.run.curves import epoch_table, read_metrics_csv
+from mtl_celeba.run.layout import DST_HISTORY
+from mtl_celeba.scheduling.names import REFERENCE
 
 ACCURACY_PLOT = "accuracy_by_strategy.png"
 DST_PLOT = "dst_activation.png"
 CURVES_PLOT = "val_curves.png"
-DST_HISTORY = "dst_history.csv"
 PANEL_KEYS = ["backbone", "attribute_set"]
 
 
@@ -35,14 +35,6 @@ def colours_for(labels: Sequence[str]) -> dict[str, tuple[float, ...]]:
     """One fixed colour per configuration, the same in every panel and plot."""
     cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
-
-
-def save_figure(figure: Figure, path: Path, dpi: int = 120) -> None:
-    """Render ``figure`` to PNG with Agg (no pyplot, no display) and write it atomically:
-    to a temporary file in the same folder, renamed onto ``path`` once complete."""
-    FigureCanvasAgg(figure)
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def _panels(count: int, width: float, height: float, columns: int = 1) -> tuple[Figure, list[Any]]:
@@ -76,9 +68,12 @@ def plot_accuracy_by_strategy(
         len(panels), width=max(7.0, 0.22 * len(bars) / max(len(panels), 1) + 3), height=3.8
     )
     for axis, ((backbone, attribute_set), panel) in zip(axes, panels, strict=False):
-        reference = stl[stl["backbone"] == backbone].assign(configuration="stl")
+        reference = stl[stl["backbone"] == backbone].assign(configuration=REFERENCE)
         tasks = list(dict.fromkeys(panel["task"]))
-        series = [*dict.fromkeys(panel["configuration"]), *(["stl"] if not reference.empty else [])]
+        series = [
+            *dict.fromkeys(panel["configuration"]),
+            *([REFERENCE] if not reference.empty else []),
+        ]
         panel = pd.concat([panel, reference[reference["task"].isin(tasks)]], ignore_index=True)
         width = 0.8 / len(series)
         lowest = 1.0
@@ -217,10 +212,10 @@ def write_plots(
     """Write the plots that have data into ``out_dir``; returns (file names, notes on what was skipped).
 
     ``scores`` is the run x task table; ``per_task``, ``overall`` and ``stl`` the report's
-    mean/std tables (:class:`mtl_celeba.report.Comparison`).
+    mean/std tables (:class:`mtl_celeba.report.compare.Comparison`).
     """
     written, notes = [], []
-    colours = colours_for(list(dict.fromkeys([*per_task["configuration"], "stl"])))
+    colours = colours_for(list(dict.fromkeys([*per_task["configuration"], REFERENCE])))
     if per_task.empty:
         notes.append(f"No multi-task run completed: {ACCURACY_PLOT} is not drawn.")
     else:

@@ -8,9 +8,9 @@ machinery and turns every mistake into one line and exit status 2:
   did-you-mean over the keys of that config node or the group's options; an
   ``experiment=``/``debug=`` option that does not exist (Hydra skips optional groups silently);
 - an override Hydra cannot parse;
-- a bad value (:mod:`mtl_celeba.validate`);
+- a bad value (:mod:`mtl_celeba.cli.validate`);
 - and, for ``resume=auto``, it finds the unfinished run to continue and points
-  ``hydra.run.dir`` at it (see :mod:`mtl_celeba.checkpoints`).
+  ``hydra.run.dir`` at it (see :mod:`mtl_celeba.run.resume`).
 
 Anything unusual on the command line (``--help``, ``--config-dir``, ...) skips the check and
 Hydra proceeds as usual.
@@ -18,7 +18,6 @@ Hydra proceeds as usual.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import sys
 from collections.abc import Callable, Sequence
@@ -30,21 +29,13 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mtl_celeba.checkpoints import config_hash, find_resumable_run
-from mtl_celeba.config import CONFIG_DIR, is_multirun
-from mtl_celeba.errors import ConfigError, UserError, print_user_error
-
-VERSION_BASE = "1.3"
+from mtl_celeba.config import CONFIG_DIR, VERSION_BASE, is_multirun
+from mtl_celeba.errors import ConfigError, UserError, did_you_mean, print_user_error
+from mtl_celeba.run.resume import config_hash, find_resumable_run
 
 
 class SweepJobError(CompactHydraException):
     """A sweep job's :class:`UserError`, which Hydra reports as one line, not a traceback."""
-
-
-def did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    """`` Did you mean X?`` for the closest candidate, or ``""``."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]}?" if close else ""
 
 
 def one_line(text: str) -> str:
@@ -55,8 +46,7 @@ def unknown_key_error(key: str, parent: Any) -> ConfigError:
     """``a.b`` is not a key, with a did-you-mean over the keys of node ``a``."""
     prefix, _, name = key.rpartition(".")
     keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
-    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
-    hint = f" Did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
+    hint = did_you_mean(name, keys, prefix=f"{prefix}." if prefix else "")
     return ConfigError(
         f"{key} is not a config key.{hint} (To add a new key on purpose, write +{key}=...)"
     )

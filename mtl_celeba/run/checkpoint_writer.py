@@ -8,7 +8,7 @@ checkpoint's own folder, are fsynced, and renamed onto the name (``os.replace``)
 write removes the temporary file and ends the run with one line
 (:class:`~mtl_celeba.errors.DiskFullError` when the disk is full).
 
-Used as a Trainer plugin: ``plugins: [{_target_: mtl_celeba.checkpoint_io.AtomicCheckpointIO}]``
+Used as a Trainer plugin: ``plugins: [{_target_: mtl_celeba.run.checkpoint_writer.AtomicCheckpointIO}]``
 in ``conf/trainer/default.yaml``. :class:`ModelCheckpoint` (``conf/callbacks/default.yaml``)
 numbers the epochs in checkpoint names from 1.
 """

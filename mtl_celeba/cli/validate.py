@@ -260,3 +260,25 @@ def validate_eval_config(cfg: DictConfig) -> None:
             "(any .ckpt written by mtl-train)."
         )
     check_rules(cfg, EVAL_RULES)
+
+
+#: ``mtl-predict``'s keys.
+PREDICT_RULES: tuple[Rule, ...] = (
+    Rule("ckpt_path", string, "a checkpoint file", "ckpt_path=RUN/checkpoints/last.ckpt"),
+    Rule("images", string, "a folder or a quoted glob", "images=photos/"),
+    Rule("batch_size", integer(1), "an integer >= 1", "batch_size=64"),
+    Rule("device", string, "auto, cpu, cuda or cuda:N", "device=cpu"),
+    Rule("threshold", number(0.0, below=1.0), "a probability in [0, 1)", "threshold=0.5"),
+    Rule("grid_images", integer(0), "an integer >= 0", "grid_images=24"),
+)
+
+
+def validate_predict_config(cfg: DictConfig) -> None:
+    """Check ``mtl-predict``'s config; a missing ``ckpt_path`` or ``images`` says how to pass it."""
+    for key, example in (
+        ("ckpt_path", "ckpt_path=outputs/train/runs/<time>/checkpoints/last.ckpt"),
+        ("images", "images=photos/ or images='photos/**/*.jpg'"),
+    ):
+        if lookup(cfg, key) in (_ABSENT, None):
+            raise ConfigError(f"mtl-predict needs {key}: pass {example}.")
+    check_rules(cfg, PREDICT_RULES)

@@ -1,36 +1,103 @@
 """The run's results file (``metrics.json``) and the final console table.
 
-``metrics.json`` is what ``mtl-report`` reads; its fields are documented in the README.
+``metrics.json`` is what ``mtl-report`` reads; its fields are listed in the documentation
+(see docs/run-folder.md, 'metrics.json').
 It is written atomically at the start (status ``running``), and again at the end
 (``completed`` or ``failed`` with the error), so a sweep folder always says how each run went.
 On a full disk the final status overwrites the small start file in place (which needs no
 free space), so a run that failed for lack of space still says ``failed``.
 
-pandas and the metric names (torch) are imported where used: the entry points import this
-module before they validate the config, which must take a second, not half a minute.
+pandas is imported where used: the entry points import this module before they validate the
+config, which must take a second, not half a minute.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from mtl_celeba.errors import NO_SPACE
 from mtl_celeba.io import overwrite_in_place, write_json_atomic
+from mtl_celeba.run.layout import RESULTS_FILE
 
 if TYPE_CHECKING:
     import pandas as pd
 
-RESULTS_FILE = "metrics.json"
 SCHEMA_VERSION = 1
+#: The metrics every run records per task and split (computed by mtl_celeba.models.metrics).
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auroc")
+#: Written for a setting a run's record does not have (an older metrics.json).
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The ``config`` block of metrics.json: the settings the report groups and labels runs by.
+
+    Written by mtl-train (and by mtl-eval, from the evaluated checkpoint's training run) and
+    read by mtl-report and ``mtl-bench --sweep`` through :meth:`from_dict`, never as a raw dict.
+    """
+
+    strategy: str = UNKNOWN
+    backbone: str = UNKNOWN
+    seed: int | None = None
+    #: the pretrained weights, the frozen part and BackboneFinetuning's 0-based unfreeze epoch
+    weights: str | None = None
+    freeze: str | int | None = None
+    finetune: int | None = None
+    #: DST's enabled metrics (None for other strategies)
+    drop_metrics: list[str] | None = None
+    #: the ``attributes`` preset chosen, or ``custom``
+    attribute_set: str = UNKNOWN
+    experiment: str | None = None
+    data_source: str = UNKNOWN
+    data_root: str | None = None
+    image_size: int | None = None
+    precision: str | None = None
+    max_epochs: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of_training(cls, cfg: DictConfig, choices: Mapping[str, Any]) -> RunConfig:
+        """The main choices of a training run (its composed config and Hydra's group choices), as
+        the report groups runs by them."""
+        strategy = cfg.strategy
+        return cls(
+            backbone=cfg.model.backbone,
+            weights=cfg.model.weights,
+            freeze=cfg.model.freeze,
+            # BackboneFinetuning (callbacks=finetune): the epoch the backbone is unfrozen at
+            finetune=OmegaConf.select(
+                cfg, "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch", default=None
+            ),
+            strategy=strategy.name,
+            drop_metrics=list(strategy.metrics) if "metrics" in strategy else None,
+            attribute_set=choices.get("attributes", "custom"),
+            experiment=choices.get("experiment"),
+            data_source=cfg.data.source,
+            data_root=str(cfg.data.root),
+            image_size=cfg.data.image_size,
+            seed=cfg.seed,
+            precision=str(cfg.trainer.precision),
+            max_epochs=cfg.trainer.max_epochs,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RunConfig:
+        """A record's ``config`` block; keys it lacks take their defaults, unknown keys are ignored."""
+        names = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in (data or {}).items() if key in names})
 
 
 def split_results(tasks: Sequence[str], values: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """``{metric: [per task]}`` -> ``{"per_task": {task: {metric: v}}, "mean": {metric: v}}``."""
-    from mtl_celeba.models.metrics import METRIC_NAMES
-
     per_task = {
         task: {name: float(values[name][i]) for name in METRIC_NAMES}
         for i, task in enumerate(tasks)
@@ -102,8 +169,6 @@ def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
 def results_table(results: Mapping[str, Any], split: str = "test") -> pd.DataFrame:
     """Per-task metrics of ``split`` with the majority-class baseline (and DST drop rates) + overall row."""
     import pandas as pd
-
-    from mtl_celeba.models.metrics import METRIC_NAMES
 
     per_task = results[split]["per_task"]
     table = pd.DataFrame.from_dict(per_task, orient="index")[list(METRIC_NAMES)]

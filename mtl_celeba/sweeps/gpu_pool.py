@@ -24,21 +24,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mtl_celeba.config import visible_gpus
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.results import read_results
+from mtl_celeba.run.layout import OVERRIDES_YAML
+from mtl_celeba.run.results import read_results
 
 #: A slot is the value a job's CUDA_VISIBLE_DEVICES is set to, or None for a CPU job.
 Slot = str | None
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else every device torch counts."""
-    declared = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if declared is not None:
-        return [gpu.strip() for gpu in declared.split(",") if gpu.strip() and gpu.strip() != "-1"]
-    import torch
-
-    return [str(index) for index in range(torch.cuda.device_count())]
 
 
 def job_slots(
@@ -139,7 +131,7 @@ def completed_run(job_dir: Path, overrides: Sequence[str]) -> bool:
     except (OSError, ValueError):
         return False
     try:
-        recorded = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+        recorded = OmegaConf.to_container(OmegaConf.load(job_dir / OVERRIDES_YAML))
     except Exception:  # missing or unreadable (OSError, YAML errors): not a job we can match
         return False
     return (

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mtl_celeba.models.metrics import METRIC_NAMES
+from mtl_celeba.run.results import METRIC_NAMES
 
 DST_QUANTITIES = ("activation_probability", "drop_rate", "gate", "loss", "stagnancy_rate")
 

@@ -19,9 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-#: The paired baseline and the single-task reference, by ``config.strategy``.
-BASELINE = "mtl"
-REFERENCE = "stl"
+from mtl_celeba.scheduling.names import BASELINE, REFERENCE
+
 #: Keys naming a configuration's strategy; the other configuration keys (backbone, attribute
 #: set, ...) say which MTL runs a configuration is compared with.
 STRATEGY_KEYS = ("strategy", "drop_metrics")

@@ -52,8 +52,8 @@ from omegaconf.errors import OmegaConfBaseException
 from tabulate import tabulate
 from torch import Tensor, nn
 
-from mtl_celeba.commands import BENCH_VARIANTS as VARIANTS
-from mtl_celeba.config import CONFIG_DIR, instantiate
+from mtl_celeba.bench import VARIANTS
+from mtl_celeba.config import CONFIG_DIR, VERSION_BASE, instantiate
 from mtl_celeba.data.augment import device_transform
 from mtl_celeba.data.datamodule import CelebADataModule
 from mtl_celeba.errors import ConfigError
@@ -61,6 +61,7 @@ from mtl_celeba.io import write_json_atomic
 from mtl_celeba.models.backbones import build_backbone, check_backbone_name
 from mtl_celeba.models.optim import build_optimizer
 from mtl_celeba.scheduling.callbacks import DroppedScheduledTask
+from mtl_celeba.scheduling.names import BASELINE, REFERENCE
 
 VARIANT_LABELS = {
     "plain": "plain PyTorch loop (no Lightning)",
@@ -342,7 +343,7 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
             f"--variants {args.variants!r}: choose from {', '.join(VARIANTS)}, comma-separated."
         )
     known = sorted(path.stem for path in (CONFIG_DIR / "strategy").glob("*.yaml"))
-    bad = [name for name in settings.strategies if name not in known or name == "stl"]
+    bad = [name for name in settings.strategies if name not in known or name == REFERENCE]
     if bad:
         raise ConfigError(
             f"--strategies names {', '.join(bad)}: choose from "
@@ -374,7 +375,7 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> Settings:
 def _strategy_list(text: str) -> list[str]:
     """``--strategies`` as a list, plain MTL first (every method is timed relative to it)."""
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    return ["mtl", *(name for name in names if name != "mtl")] if names else []
+    return [BASELINE, *(name for name in names if name != BASELINE)] if names else []
 
 
 # ------------------------------------------------------------- configuration
@@ -393,7 +394,7 @@ def compose_run(
     ``strategy`` (with the ``mtl`` variant) times that strategy on the fast pipeline instead.
     """
     if strategy is None:
-        strategy = "dst" if variant == "dst" else "mtl"
+        strategy = "dst" if variant == "dst" else BASELINE
     overrides = [
         *model_overrides(backbone),
         *(["data=celeba"] if settings.data_source == "celeba" else []),
@@ -403,6 +404,9 @@ def compose_run(
         f"data.batch_size={settings.batch_size}",
         f"data.num_workers={settings.workers}",
         f"data.pipeline={'naive' if variant == 'naive' else 'cached'}",
+        # the project's own trainer config (conf/trainer/cpu.yaml or gpu.yaml), as mtl-train's
+        f"trainer={'gpu' if settings.accelerator == 'gpu' else 'cpu'}",
+        f"trainer.precision={settings.precision}",
         f"model.compile={str(settings.compile).lower()}",
         f"strategy={strategy}",
         *(["strategy.gate_every=epoch"] if variant == "dst" else []),
@@ -413,7 +417,7 @@ def compose_run(
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
             return compose("train", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(
@@ -489,10 +493,11 @@ def run_variant(
     elif with_strategy:
         callbacks.append(instantiate(cfg.strategy.callback))
     with tempfile.TemporaryDirectory(prefix="mtl-bench-") as run_dir:
-        trainer = L.Trainer(
-            accelerator=settings.accelerator,
+        # conf/trainer's Trainer, with what a timed run changes: a step budget instead of epochs,
+        # no validation, checkpoints, logging or progress bar
+        trainer = instantiate(
+            cfg.trainer,
             devices=1,
-            precision=settings.precision,
             max_steps=settings.total_steps,
             max_epochs=-1,
             # one epoch end in every window, where the scheduling callback does its work
@@ -503,7 +508,6 @@ def run_variant(
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            benchmark=True if cuda else None,
             default_root_dir=run_dir,
             callbacks=callbacks,
         )
@@ -843,7 +847,7 @@ def print_header(settings: Settings, device: str, load: float | None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """``mtl-bench`` (parsed by :func:`mtl_celeba.commands.bench`): measure every variant,
+    """``mtl-bench`` (parsed by :mod:`mtl_celeba.bench.__main__`): measure every variant,
     print the table and the ratios, write bench.json."""
     cuda = torch.cuda.is_available()
     settings = resolve_settings(args, cuda)
@@ -883,9 +887,3 @@ def run(args: argparse.Namespace) -> None:
             "windows can differ by 1.2-1.35x when idle). Run it again and compare the ratios."
         )
     print(f"Results: {args.out}")
-
-
-if __name__ == "__main__":
-    from mtl_celeba.commands import bench
-
-    bench()

@@ -17,11 +17,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mtl_celeba.run.layout import CURVES_PNG, METRICS_CSV
+
 log = logging.getLogger(__name__)
 
 #: Where the ``csv`` logger (conf/logger/csv.yaml) writes, relative to the run folder.
-METRICS_CSV = Path("csv") / "metrics.csv"
-CURVES_PNG = "curves.png"
 #: Columns of every split's per-task metrics that are not tasks.
 NOT_TASKS = frozenset({"mean"})
 
@@ -115,7 +115,7 @@ def write_run_curves(run_dir: str | Path) -> Path | None:
     finished.
     """
     # imported here: report_plots reads these curves too, so a top-level import would be circular
-    from mtl_celeba.report_plots import save_figure
+    from mtl_celeba.io import save_figure
 
     run_dir = Path(run_dir)
     try:
@@ -124,7 +124,7 @@ def write_run_curves(run_dir: str | Path) -> Path | None:
             log.info("No per-epoch metrics in %s: curves.png not drawn.", run_dir / METRICS_CSV)
             return None
         path = run_dir / CURVES_PNG
-        save_figure(curves_figure(table, title=str(run_dir)), path)
+        save_figure(curves_figure(table, title=f"run {run_dir.name}"), path)
         return path
     except Exception as error:  # a plot must never fail a run that trained
         log.warning("curves.png not drawn for %s: %s: %s", run_dir, type(error).__name__, error)

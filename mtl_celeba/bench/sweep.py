@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.results import RESULTS_FILE, read_results
+from mtl_celeba.run.layout import RESULTS_FILE
+from mtl_celeba.run.results import RunConfig, read_results
 
 #: ``make reproduce``'s grids and scales, as in the Makefile (a test keeps the two equal).
 REPRODUCE_EXPERIMENTS = ("dst_vs_baselines", "drop_metrics")
@@ -163,12 +164,12 @@ def job_costs(sweep_dir: Path) -> list[JobCost]:
             continue
         costs.append(
             JobCost(
-                strategy=data["config"]["strategy"],
+                strategy=RunConfig.from_dict(data["config"]).strategy,
                 train_images=int(data["samples"]["train"]),
                 epoch_s=list(timing["epoch_s"]),
                 fixed_s=float(timing["fixed_s"]),
                 wall_s=float(data["wall_time_s"]),
-                setting=setting_of(data["config"]),
+                setting=setting_of(RunConfig.from_dict(data["config"]).to_dict()),
             )
         )
     return costs
@@ -216,13 +217,13 @@ def reproduce_targets(celeba: bool, extra: Sequence[str] = ()) -> list[TargetJob
     from hydra.core.global_hydra import GlobalHydra
     from hydra_plugins.mtl_celeba_launcher.grids import GridUnionSweeper
 
-    from mtl_celeba.config import CONFIG_DIR
+    from mtl_celeba.config import CONFIG_DIR, VERSION_BASE
     from mtl_celeba.data.synthetic import CELEBA_SPLIT_SIZES, partition_sizes
 
     scale = [*(REPRODUCE_CELEBA if celeba else REPRODUCE_SYNTHETIC), *extra]
     targets = []
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
         for experiment in REPRODUCE_EXPERIMENTS:
             base = [f"experiment={experiment}", *scale]
             cfg = compose("train", overrides=base, return_hydra_config=True)

@@ -19,11 +19,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.results import read_results
+from mtl_celeba.run.layout import LAST_CHECKPOINT
+from mtl_celeba.run.results import read_results
 
 #: Keys that do not change what a run trains; ignored when matching runs for ``resume=auto``.
 RUN_KEYS = ("ckpt_path", "resume")
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
@@ -134,7 +134,7 @@ def auto_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     of this configuration (call before the new ``metrics.json`` overwrites the old one).
 
     ``mtl-train`` points ``hydra.run.dir`` at the run to continue before Hydra starts (see
-    :mod:`mtl_celeba.cli`); sweep jobs rerun in their old folder land here directly.
+    :mod:`mtl_celeba.cli.hydra_app`); sweep jobs rerun in their old folder land here directly.
     """
     if cfg.get("resume") != "auto" or cfg.get("ckpt_path"):
         return None

@@ -7,7 +7,7 @@ them plainly on stdout and writes them, with time, level and source, to the run 
 console only. Errors a user can fix end on stderr as ``error: ...`` (exit status 2).
 
 Light to import (no torch, no Lightning): Hydra's logging config names :class:`ConsoleHandler`
-before the job starts. Epochs on the progress bar: :mod:`mtl_celeba.progress`.
+before the job starts. Epochs on the progress bar: :mod:`mtl_celeba.run.progress`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def configure_lightning_output() -> None:
       raised by Lightning's own ``_pytree`` helper at each fit, validate and test (nothing a
       user can change), and Lightning's "number of training batches is smaller than the
       logging interval" for small data (the per-epoch metrics are logged all the same; only
-      step-level points are fewer, see README, 'Metrics and TensorBoard').
+      step-level points are fewer, see docs/training.md, 'Metrics and TensorBoard').
     - Other Python warnings are logged (``py.warnings``), so they reach the log file too.
     """
     if logging.getLogger().hasHandlers():

@@ -1,0 +1,114 @@
+"""``mtl-report``: compare the runs of one or more sweep folders in tables and plots.
+
+Reads every run folder's ``metrics.json`` (:mod:`.runs`), averages each configuration over its
+seeds and compares it with plain MTL and with the single-task (STL) runs (:mod:`.compare`,
+:mod:`.statistics`), and writes ``report.md`` (:mod:`.markdown`), ``report.csv`` and PNG plots
+(:mod:`.plots`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mtl_celeba.errors import check_choice
+from mtl_celeba.io import write_text_atomic
+from mtl_celeba.report.compare import (
+    GROUP_KEYS,
+    LOWER_IS_BETTER,
+    compare,
+    read_stl_reference,
+    wide_table,
+)
+from mtl_celeba.report.markdown import (
+    Header,
+    comparison_notes,
+    data_description,
+    render_markdown,
+    reproduce_commands,
+    setup_description,
+    statistics_table,
+    summary_table,
+)
+from mtl_celeba.report.plots import write_plots
+from mtl_celeba.report.runs import RUN_COLUMNS, collect_runs, find_run_dirs
+from mtl_celeba.report.statistics import (
+    analyse,
+)
+from mtl_celeba.scheduling.names import REFERENCE
+
+REPORT_MD = "report.md"
+REPORT_CSV = "report.csv"
+
+# --------------------------------------------------------------------------- entry point
+
+
+def write_report(
+    sweep_dirs: Sequence[Path],
+    out_dir: Path,
+    metric: str = "accuracy",
+    stl_reference: Path | None = None,
+) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """Read the runs below ``sweep_dirs``, write the report files into ``out_dir``.
+
+    ``stl_reference``: a CSV of single-task values replacing the STL runs (``--stl-reference``).
+
+    Returns the path of ``report.md``, the summary table (one line per configuration) and the
+    failed runs.
+    """
+    run_dirs = find_run_dirs(sweep_dirs)
+    scores, failed = collect_runs(run_dirs)
+    reported = [column for column in scores.columns if column not in RUN_COLUMNS]
+    if metric not in reported:
+        if not scores.empty:
+            check_choice(metric, "--metric", reported, "the metrics of the runs' metrics.json")
+        scores[metric] = pd.Series(dtype=float)  # no completed run: every table stays empty
+    external = None
+    if stl_reference is not None:
+        backbones = sorted(scores["backbone"].dropna().astype(str).unique())
+        external = read_stl_reference(stl_reference, metric, backbones)
+    comparison = compare(scores, metric, stl=external)
+    lower_is_better = metric in LOWER_IS_BETTER
+    statistics = analyse(scores, metric, GROUP_KEYS, comparison.stl, lower_is_better)
+    table = wide_table(comparison)
+    if not table.empty:
+        table = table.merge(statistics_table(statistics), on=GROUP_KEYS, how="left")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / REPORT_CSV, table.to_csv(index=False))
+    plots, plot_notes = write_plots(
+        scores, comparison.per_task, comparison.overall, comparison.stl, metric, out_dir
+    )
+    header = Header(
+        sources=[p.resolve() for p in sweep_dirs],
+        runs=len(run_dirs),
+        completed=scores["run"].nunique(),
+        data=data_description(scores),
+        setup=setup_description(scores),
+        commands=reproduce_commands(sweep_dirs),
+        metric=metric,
+        reference_file=stl_reference,
+    )
+    notes = [*comparison_notes(comparison), *plot_notes]
+    if external is not None and (scores["strategy"] == REFERENCE).any():
+        notes.append("STL runs were found but --stl-reference replaces them as the reference.")
+    markdown = render_markdown(
+        header, scores, comparison, failed, notes, plots, out_dir, statistics=statistics
+    )
+    write_text_atomic(out_dir / REPORT_MD, markdown)
+    return out_dir / REPORT_MD, summary_table(comparison), failed
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """``mtl-report`` (parsed by :mod:`mtl_celeba.report.__main__`): write and summarise."""
+    out_dir = args.out or args.sweep_dirs[0]
+    report, summary, failed = write_report(
+        args.sweep_dirs, out_dir, args.metric, args.stl_reference
+    )
+    if not summary.empty:
+        print(summary.to_string(index=False))
+    if not failed.empty:
+        print(f"\n{len(failed)} run(s) failed or did not finish: listed in the report.")
+    print(f"\nReport: {report}")

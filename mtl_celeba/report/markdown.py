@@ -1,0 +1,403 @@
+"""``report.md``: the tables, the "Does it help?" section and the notes, rendered as Markdown."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from mtl_celeba.report.compare import GROUP_KEYS, Comparison, sort_groups
+from mtl_celeba.report.runs import natural_key
+from mtl_celeba.report.statistics import (
+    ALPHA,
+    MIN_PAIRS,
+    Statistics,
+    context_keys,
+)
+from mtl_celeba.scheduling.names import BASELINE
+
+#: How the console scripts are called, by Hydra job name (for the reproduce command).
+ENTRY_POINTS = {"train": "mtl-train", "evaluate": "mtl-eval"}
+#: Shown in tables where a value cannot be computed (no MTL or STL reference, a single seed).
+NOT_AVAILABLE = "n/a"
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _percent(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{100 * value:.2f}"
+
+
+def _mean_pm_std(mean: float, std: float) -> str:
+    return _percent(mean) if pd.isna(std) else f"{_percent(mean)} ± {_percent(std)}"
+
+
+def _gain(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{100 * value:+.2f}"
+
+
+def _signed(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{value:+.2f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub table; newlines and pipes in cells (error messages) would break its rows."""
+    cells = frame.astype(str).map(lambda cell: cell.replace("\n", " ").replace("|", "\\|"))
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+def summary_table(comparison: Comparison) -> pd.DataFrame:
+    """One line per configuration: the mean over tasks, its gain over MTL and Delta_m% vs STL."""
+    overall = comparison.overall
+    return pd.DataFrame(
+        {
+            "configuration": overall["configuration"],
+            "backbone": overall["backbone"],
+            "attribute set": overall["attribute_set"],
+            "n": overall["n"],
+            "mean": [
+                _mean_pm_std(m, s) for m, s in zip(overall["mean"], overall["std"], strict=True)
+            ],
+            "gain vs MTL": overall["gain_mtl"].map(_gain),
+            "Δm% vs STL": overall["delta_m"].map(_signed),
+        }
+    )
+
+
+def _section_tables(
+    per_task: pd.DataFrame, overall: pd.DataFrame, majority: pd.Series | None
+) -> list[str]:
+    """The three tables of one (backbone, attribute set): values, gain over MTL, gain over STL."""
+    tasks = list(dict.fromkeys(per_task["task"]))
+    labels = list(overall["configuration"])
+
+    def by_task(column: str, fmt: Any) -> pd.DataFrame:
+        cells = per_task.assign(
+            cell=[fmt(*row) for row in per_task[column].itertuples(index=False, name=None)]
+        )
+        return cells.pivot(index="configuration", columns="task", values="cell").reindex(
+            index=labels, columns=tasks
+        )
+
+    values = by_task(["mean", "std"], _mean_pm_std)
+    values.insert(0, "n", overall["n"].astype(str).to_numpy())
+    values["mean over tasks"] = [
+        _mean_pm_std(m, s) for m, s in zip(overall["mean"], overall["std"], strict=True)
+    ]
+    if majority is not None:
+        values.loc["majority class"] = [
+            "",
+            *(_percent(majority.get(t, np.nan)) for t in tasks),
+            _percent(majority.reindex(tasks).mean()),
+        ]
+    gain_mtl = by_task(["gain_mtl"], _gain)
+    gain_mtl["mean over tasks"] = overall["gain_mtl"].map(_gain).to_numpy()
+    gain_stl = by_task(["gain_stl"], _gain)
+    gain_stl["Δm% vs STL"] = overall["delta_m"].map(_signed).to_numpy()
+    return [
+        markdown_table(values.rename_axis("configuration").reset_index()),
+        "Gain over MTL (percentage points):\n\n"
+        + markdown_table(gain_mtl.rename_axis("configuration").reset_index()),
+        "Gain over STL (percentage points) and Δm% against STL:\n\n"
+        + markdown_table(gain_stl.rename_axis("configuration").reset_index()),
+    ]
+
+
+def stl_table(stl: pd.DataFrame) -> pd.DataFrame:
+    """The single-task reference as one row per task, one column per backbone."""
+    cells = stl.assign(
+        cell=[
+            _mean_pm_std(m, s) if pd.isna(n) else f"{_mean_pm_std(m, s)} (n={n:g})"
+            for m, s, n in zip(stl["mean"], stl["std"], stl["n"], strict=True)
+        ]
+    )
+    table = cells.pivot(index="task", columns="backbone", values="cell").fillna(NOT_AVAILABLE)
+    return table.rename_axis(columns=None).reset_index()
+
+
+def comparison_notes(comparison: Comparison) -> list[str]:
+    """What the tables cannot say: missing MTL or STL references, seeds counted twice."""
+    notes = []
+    for backbone, missing in comparison.missing_stl.groupby("backbone", sort=True):
+        notes.append(
+            f"No STL run for {backbone} on {', '.join(missing['task'])}: the gain over STL for these "
+            f"tasks, and Δm% for configurations that include them, are {NOT_AVAILABLE}."
+        )
+    overall = comparison.overall
+    for (backbone, attribute_set), group in overall.groupby(
+        ["backbone", "attribute_set"], sort=False
+    ):
+        if not (group["strategy"] == BASELINE).any():
+            notes.append(
+                f"No MTL run for {backbone} · {attribute_set}: the gain over MTL is {NOT_AVAILABLE}."
+            )
+    for row in comparison.repeated_seeds.itertuples(index=False):
+        notes.append(
+            f"{row.configuration} · {row.backbone} · {row.attribute_set} has "
+            f"{row.runs} runs with seed {row.seed}: runs that differ in other settings are averaged together."
+        )
+    return notes
+
+
+# --------------------------------------------------------------------------- does it help?
+# The statistics come from mtl_celeba.report.statistics; these functions only lay them out.
+
+
+def _p_value(p: float) -> str:
+    """``p=0.004``, ``p<0.001``."""
+    return f"p={NOT_AVAILABLE}" if pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
+
+
+def _difference_cell(row: pd.Series) -> str:
+    """``+0.41 [+0.12, +0.70] p=0.004 ▲``: paired difference to MTL in points, Holm-adjusted p."""
+    pairs = int(row["pairs"])
+    if pairs < MIN_PAIRS:
+        return f"{NOT_AVAILABLE} ({pairs} paired seed{'' if pairs == 1 else 's'})"
+    mark = {"gain": " ▲", "loss": " ▼"}.get(row["significant"], "")
+    return (
+        f"{_gain(row['diff'])} [{_gain(row['ci_low'])}, {_gain(row['ci_high'])}] "
+        f"{_p_value(row['p_holm'])}{mark}"
+    )
+
+
+def _delta_m_cell(row: pd.Series) -> str:
+    """Delta_m% ± the half-width of its 95% interval over seeds."""
+    if pd.isna(row["delta_m"]):
+        return NOT_AVAILABLE
+    if pd.isna(row["delta_m_low"]):
+        return f"{row['delta_m']:+.2f} (1 seed)"
+    return f"{row['delta_m']:+.2f} ± {(row['delta_m_high'] - row['delta_m_low']) / 2:.2f}"
+
+
+def _rows_of(frame: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
+    """The rows of ``frame`` in one context (a merge: NaN keys match, unlike ==)."""
+    return frame.merge(pd.DataFrame([context]), on=list(context), how="inner")
+
+
+def help_section(statistics: Statistics, reference: str) -> list[str]:
+    """The "Does it help?" section: per context its sentences and a table of paired differences."""
+    overall = sort_groups(statistics.overall)
+    if overall.empty:
+        return []
+    lines = [
+        "## Does it help?",
+        "",
+        "Each configuration minus MTL run with the same seed, per task, in percentage points: "
+        f"mean over seeds [{100 * (1 - ALPHA):.0f}% t confidence interval], p = paired t-test "
+        "p-value, Holm-adjusted across the configuration's tasks; ▲ / ▼ a significant gain / "
+        f"loss at the {100 * ALPHA:.0f}% level after that correction. Δm% against {reference} "
+        "is computed per seed: mean ± the half-width of its 95% t interval over seeds. Mean "
+        "rank: per task the configurations of the section are ranked by their mean "
+        "(1 = best), then the ranks are averaged over tasks. A comparison needs at least "
+        f"{MIN_PAIRS} paired seeds.",
+        "",
+    ]
+    keys = context_keys(GROUP_KEYS)
+    for values, configurations in overall.groupby(keys, sort=False, dropna=False):
+        context = dict(zip(keys, values, strict=True))
+        paired = _rows_of(statistics.paired, context)
+        sentences = _rows_of(statistics.sentences, context).set_index("configuration")["sentence"]
+        tasks = list(dict.fromkeys(paired["task"]))
+        cells = {(r["configuration"], r["task"]): _difference_cell(r) for _, r in paired.iterrows()}
+        table = pd.DataFrame(
+            [
+                {
+                    "configuration": row["configuration"],
+                    "seeds": NOT_AVAILABLE if pd.isna(row["seeds"]) else f"{row['seeds']:g}",
+                    **{
+                        task: "baseline"
+                        if row["strategy"] == BASELINE
+                        else cells.get((row["configuration"], task), NOT_AVAILABLE)
+                        for task in tasks
+                    },
+                    "Δm% vs STL": _delta_m_cell(row),
+                    "mean rank": f"{row['mean_rank']:.2f} of {row['ranked_among']:g}",
+                }
+                for _, row in configurations.iterrows()
+            ]
+        )
+        # "-" marks a context that does not apply (e.g. no transfer setting): not shown
+        title = " · ".join(str(v) for v in values if not pd.isna(v) and v != "-")
+        lines += [f"### {title}", ""]
+        lines += [f"- {sentences[c]}" for c in configurations["configuration"] if c in sentences]
+        if sentences.empty:
+            lines.append("No configuration besides MTL here: nothing to compare with MTL.")
+        lines += ["", markdown_table(table), ""]
+    return lines
+
+
+def statistics_table(statistics: Statistics) -> pd.DataFrame:
+    """The statistics as ``report.csv`` columns: one row per configuration (fractions; Δm in %)."""
+    overall = statistics.overall[
+        [*GROUP_KEYS, "seeds", "delta_m_low", "delta_m_high", "mean_rank"]
+    ].rename(columns={"delta_m_low": "delta_m_pct_ci_low", "delta_m_high": "delta_m_pct_ci_high"})
+    paired = statistics.paired
+    if paired.empty:
+        return overall
+    values = ["pairs", "diff", "ci_low", "ci_high", "p", "p_holm", "significant"]
+    wide = paired.set_index([*GROUP_KEYS, "task"])[values].unstack("task")
+    tasks = list(dict.fromkeys(paired["task"]))
+    wide = wide[[(value, task) for task in tasks for value in values]]
+    wide.columns = [f"{task}_{value}_vs_mtl" for value, task in wide.columns]
+    return overall.merge(wide.reset_index(), on=GROUP_KEYS, how="left")
+
+
+@dataclass
+class Header:
+    """What the report's first lines say about the runs behind it."""
+
+    sources: list[Path]
+    runs: int
+    completed: int
+    data: str
+    setup: str
+    commands: list[str]
+    metric: str
+    generated: str = field(default_factory=lambda: datetime.now().strftime("%Y-%m-%d %H:%M"))
+    #: ``--stl-reference``: the external single-task reference replacing the STL runs.
+    reference_file: Path | None = None
+
+    @property
+    def reference(self) -> str:
+        """What Delta_m% and the gains over STL compare with, in words."""
+        if self.reference_file is None:
+            return "the STL runs (their mean over seeds per backbone and task)"
+        return f"the external reference `{self.reference_file}` (--stl-reference)"
+
+
+def data_description(scores: pd.DataFrame) -> str:
+    """Synthetic or real CelebA, as the completed runs say (both, with counts, if mixed)."""
+    runs = scores.drop_duplicates("run")
+    parts = []
+    for source, group in runs.groupby("data_source", sort=True):
+        roots = ", ".join(
+            f"`{root}`" for root in sorted(group["data_root"].dropna().astype(str).unique())
+        )
+        if source == "celeba":
+            text = f"full-scale protocol on real CelebA ({roots})"
+        elif source == "synthetic":
+            text = "synthetic CelebA (generated stand-in images: the numbers test the pipeline, not real faces)"
+        else:
+            text = f"data source {source!r}"
+        parts.append(text if len(runs) == len(group) else f"{text}: {len(group)} runs")
+    return "; ".join(parts) or "no completed run"
+
+
+def setup_description(scores: pd.DataFrame) -> str:
+    """The settings shared by the runs: image size, epochs, precision (each value if they differ)."""
+    runs = scores.drop_duplicates("run")
+    parts = []
+    for column, name in (
+        ("experiment", "experiment"),
+        ("image_size", "image size"),
+        ("max_epochs", "max epochs"),
+        ("precision", "precision"),
+    ):
+        values = sorted(runs[column].dropna().astype(str).unique())
+        if values:
+            parts.append(f"{name} {' / '.join(values)}")
+    return ", ".join(parts) or "unknown"
+
+
+def reproduce_commands(paths: Sequence[Path]) -> list[str]:
+    """The sweep command of every ``multirun.yaml`` below ``paths`` (Hydra's record of the launch)."""
+    commands = []
+    for path in paths:
+        for multirun in sorted(Path(path).rglob("multirun.yaml"), key=natural_key):
+            try:
+                hydra = OmegaConf.load(multirun).hydra
+                overrides = [*hydra.overrides.hydra, *hydra.overrides.task]
+                entry = ENTRY_POINTS.get(str(hydra.job.name), "mtl-train")
+            except Exception:  # an unreadable record only costs the command line
+                continue
+            # Hydra adds hydra.mode=MULTIRUN itself for -m.
+            args = [shlex.quote(str(o)) for o in overrides if str(o) != "hydra.mode=MULTIRUN"]
+            commands.append(" ".join([entry, "-m", *args]))
+    return list(dict.fromkeys(commands))
+
+
+def render_markdown(
+    header: Header,
+    scores: pd.DataFrame,
+    comparison: Comparison,
+    failed: pd.DataFrame,
+    notes: Sequence[str],
+    plots: Sequence[str],
+    out_dir: Path,
+    statistics: Statistics | None = None,
+) -> str:
+    """The whole ``report.md``."""
+    metric = header.metric.replace("_", " ")
+    lines = [
+        "# Multi-task CelebA report",
+        "",
+        f"- **Data:** {header.data}",
+        f"- **Runs:** {header.runs} run folders, {header.completed} completed, "
+        f"{header.runs - header.completed} failed or unfinished",
+        f"- **Sweep folders:** {', '.join(f'`{p}`' for p in header.sources)}",
+        f"- **Setup:** {header.setup}",
+        f"- **Generated:** {header.generated}",
+    ]
+    lines += [f"- **Reproduce:** `{command}`" for command in header.commands]
+    lines += [
+        f"- **Metric:** test {metric} in %, mean ± std over seeds (n runs); gains in percentage "
+        "points; Δm% = 100/T Σ_t (M_t − M_STL,t) / M_STL,t (the sign flips for lower-is-better metrics).",
+        f"- **Single-task reference (STL):** {header.reference}.",
+        "- **Paired runs:** runs are paired by seed: every strategy run with the same seed sees the "
+        "same training batches in the same order with the same augmentation, so each "
+        "configuration is compared with MTL seed by seed.",
+        "- **Model selection on validation only:** the test metrics are those of the best epoch "
+        "by the validation mean (accuracy by default, `callbacks.model_checkpoint.monitor`); the "
+        "test set never picks the epoch (the DST authors' script picks the best epoch on the test set).",
+        "",
+    ]
+    if statistics is not None:
+        lines += help_section(statistics, header.reference)
+    if not comparison.overall.empty:
+        lines += ["## Summary", "", markdown_table(summary_table(comparison)), ""]
+    majority = scores.groupby(["backbone", "attribute_set", "task"])["majority_accuracy"].mean()
+    for (backbone, attribute_set), overall in comparison.overall.groupby(
+        ["backbone", "attribute_set"], sort=False
+    ):
+        in_section = (comparison.per_task["backbone"] == backbone) & (
+            comparison.per_task["attribute_set"] == attribute_set
+        )
+        reference = majority.loc[(backbone, attribute_set)] if header.metric == "accuracy" else None
+        lines += [f"## {backbone} · {attribute_set}", "", f"Test {metric} (%):", ""]
+        for table in _section_tables(comparison.per_task[in_section], overall, reference):
+            lines += [table, ""]
+    if not comparison.stl.empty:
+        lines += [
+            "## Single-task reference (STL)",
+            "",
+            f"Test {metric} (%) of one network per task, mean ± std over seeds (n runs):"
+            if header.reference_file is None
+            else f"Test {metric} (%) of {header.reference}:",
+            "",
+        ]
+        lines += [markdown_table(stl_table(comparison.stl)), ""]
+    if not failed.empty:
+        # Relative to the report, so the paths still work when the sweep folder moves.
+        rows = failed.assign(run=[os.path.relpath(run, out_dir) for run in failed["run"]])
+        lines += [
+            "## Failed runs",
+            "",
+            "Not included in the tables above:",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(plot).stem}]({plot})" for plot in plots] + [""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(lines)

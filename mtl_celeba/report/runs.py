@@ -1,0 +1,187 @@
+"""Reading run folders: every ``metrics.json`` below the given folders as one table (one row
+per run x task), with the labels tables and plots name configurations by, and the failed runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from mtl_celeba.errors import UserError
+from mtl_celeba.run.layout import HYDRA_DIR, OVERRIDES_YAML, RESULTS_FILE
+from mtl_celeba.run.results import RunConfig, read_results
+from mtl_celeba.scheduling.dst import DST_METRICS
+
+# --------------------------------------------------------------------------- finding runs
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Every run folder (one holding ``metrics.json`` or ``.hydra/``) at any depth below ``paths``."""
+    run_dirs: set[Path] = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(
+                f"{path} does not exist: pass a sweep folder such as outputs/train/multiruns/<time>."
+            )
+        if not path.is_dir():
+            raise UserError(
+                f"{path} is not a folder: pass a sweep folder such as outputs/train/multiruns/<time>."
+            )
+        found = {p.parent for p in path.rglob(RESULTS_FILE) if p.is_file()}
+        found |= {p.parent for p in path.rglob(HYDRA_DIR) if p.is_dir()}
+        if not found:
+            raise UserError(
+                f"{path} holds no run folders (none has a {RESULTS_FILE} or a .hydra/ folder): "
+                "pass the folder a sweep wrote, such as outputs/train/multiruns/<time>."
+            )
+        run_dirs |= {p.resolve() for p in found}
+    return sorted(run_dirs, key=natural_key)
+
+
+def natural_key(path: Path) -> list[Any]:
+    """Sort job folders 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
+
+def drop_metrics_label(metrics: Sequence[str] | None) -> str:
+    """A short name for an enabled DST metric set: ``all``, ``all but stagnancy``, ``depth+count``."""
+    if not metrics:
+        return "-"
+    enabled = [m for m in DST_METRICS if m in metrics] + sorted(set(metrics) - set(DST_METRICS))
+    missing = [m for m in DST_METRICS if m not in metrics]
+    if not missing:
+        return "all"
+    if len(missing) == 1 and len(enabled) == len(DST_METRICS) - 1:
+        return f"all but {missing[0]}"
+    return "+".join(enabled)
+
+
+def transfer_label(config: RunConfig) -> str:
+    """How a run uses a pretrained backbone: ``-`` (trained from scratch, nothing frozen),
+    ``linear probe from DEFAULT``, ``last 2 blocks from resnet18.pth``, ``full fine-tune from ...``,
+    ``two-stage (backbone from epoch 3) from ...`` (metrics.json ``weights``, ``freeze``, ``finetune``;
+    ``finetune`` is Lightning's 0-based ``unfreeze_backbone_at_epoch``, the label counts from 1)."""
+    weights, freeze, finetune = config.weights, config.freeze, config.finetune
+    if str(freeze).strip().lower() == "none":
+        freeze = None
+    if weights is None and freeze is None and finetune is None:
+        return "-"
+    if finetune is not None:
+        mode = f"two-stage (backbone from epoch {int(finetune) + 1})"
+    elif str(freeze).lower() == "all":
+        mode = "linear probe"
+    elif freeze is not None:
+        mode = f"last {freeze} blocks"
+    else:
+        mode = "full fine-tune"
+    return f"{mode} from {'scratch' if weights is None else Path(str(weights)).name}"
+
+
+def configuration_label(strategy: str, drop_metrics: str, transfer: str = "-") -> str:
+    """``dst (all)``, ``random_drop``, ``mtl · linear probe from DEFAULT``: how tables and plots
+    name a configuration."""
+    label = strategy if drop_metrics == "-" else f"{strategy} ({drop_metrics})"
+    return label if transfer == "-" else f"{label} · {transfer}"
+
+
+def _overrides(run_dir: Path) -> str:
+    """The job's command-line overrides from Hydra's ``.hydra/overrides.yaml`` ('' if none)."""
+    path = run_dir / OVERRIDES_YAML
+    if not path.is_file():
+        return ""
+    try:
+        return " ".join(str(o) for o in OmegaConf.load(path))
+    except Exception:  # a damaged file only costs the description of a failed run
+        return ""
+
+
+def _run_rows(run_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per task of a completed run: its configuration and test metrics."""
+    config = RunConfig.from_dict(results.get("config"))
+    strategy = str(config.strategy)
+    drop_metrics = drop_metrics_label(config.drop_metrics)
+    transfer = transfer_label(config)
+    run = {
+        "run": str(run_dir),
+        "strategy": strategy,
+        "drop_metrics": drop_metrics,
+        "transfer": transfer,
+        "configuration": configuration_label(strategy, drop_metrics, transfer),
+        "backbone": str(config.backbone),
+        "attribute_set": str(config.attribute_set),
+        "seed": config.seed,
+        "data_source": str(config.data_source),
+        "data_root": config.data_root,
+        "image_size": config.image_size,
+        "max_epochs": config.max_epochs,
+        "precision": config.precision,
+        "experiment": config.experiment,
+        "epochs_trained": results.get("epochs_trained"),
+    }
+    majority = results.get("majority_accuracy") or {}
+    return [
+        {
+            **run,
+            "task": task,
+            **metrics,
+            "majority_accuracy": majority.get(task, np.nan),
+        }
+        for task, metrics in results["test"]["per_task"].items()
+    ]
+
+
+def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """Why a run cannot be reported (None if it can), and its parsed results if readable."""
+    try:
+        results = read_results(run_dir)
+    except FileNotFoundError:
+        return f"no {RESULTS_FILE}: the job stopped before training started", None
+    except (OSError, ValueError) as error:
+        return f"{RESULTS_FILE} cannot be read ({error})", None
+    status = results.get("status")
+    if status == "failed":
+        return results.get("error") or "failed without an error message", results
+    if status == "running":
+        return (
+            "never finished: status is still 'running' (killed, out of memory or timed out)",
+            results,
+        )
+    if status != "completed":
+        return f"unknown status {status!r}", results
+    per_task = (results.get("test") or {}).get("per_task")
+    if not per_task:
+        return "completed without test metrics (run with test=false?)", results
+    return None, results
+
+
+#: The columns of the run x task table besides the metrics (those in the runs' metrics.json).
+RUN_COLUMNS = [
+    "run", "strategy", "drop_metrics", "transfer", "configuration", "backbone", "attribute_set", "seed",
+    "data_source", "data_root", "image_size", "max_epochs", "precision", "experiment",
+    "epochs_trained", "task", "majority_accuracy",
+]  # fmt: skip
+
+
+def collect_runs(run_dirs: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read run folders into (scores, failed).
+
+    ``scores`` has one row per completed run x task: the configuration, the task and its test
+    metrics. ``failed`` has one row per run that cannot be reported: ``run``, ``overrides``
+    (the job's Hydra overrides) and ``reason``.
+    """
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for run_dir in run_dirs:
+        reason, results = _failure_reason(run_dir)
+        if reason is None and results is not None:
+            rows.extend(_run_rows(run_dir, results))
+        else:
+            failed.append(
+                {"run": str(run_dir), "overrides": _overrides(run_dir), "reason": str(reason)}
+            )
+    scores = pd.DataFrame(rows) if rows else pd.DataFrame(columns=RUN_COLUMNS)
+    return scores, pd.DataFrame(failed, columns=["run", "overrides", "reason"])
