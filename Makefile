@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-fast lint format synth tensorboard reproduce bench clean
+.PHONY: help setup train test test-fast lint format synth tensorboard reproduce bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,13 @@ reproduce: setup ## run the canonical grids and write the comparison report (CEL
 
 bench: setup ## training throughput: a plain PyTorch loop vs the fast and naive pipelines, DST vs MTL (ARGS="...")
 	$(RUN) mtl-bench $(ARGS)
+
+# `make gpu-check`: every GPU figure in at most 8 minutes, into outputs/gpu_check/ (see
+# docs/performance.md, 'GPU check: make gpu-check'). No `setup`: a GPU machine may have no
+# internet; it runs with the checkout's .venv if there is one, else with python3 (PY=...).
+PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+gpu-check: ## all GPU figures in at most 8 minutes: gpu_check.json and .md (ARGS="--parts ...")
+	$(PY) mtl_celeba/bench/gpu_check.py $(ARGS)
 
 tensorboard: setup ## open TensorBoard on outputs/
 	$(RUN) tensorboard --logdir outputs
