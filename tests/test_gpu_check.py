@@ -438,3 +438,25 @@ def test_the_fast_throughputs_come_from_the_8_task_parts():
     all40["settings"]["overrides"] = ["attributes=all40"]
     state["bench_all40"] = gc.bench_figures(all40)
     assert gc.fast_throughputs(state) == {("resnet18", 128): 900.0, ("resnet18", 64): 2100.0}
+
+
+def test_a_part_that_breaks_unexpectedly_is_failed_and_the_json_is_written_after_each_part(
+    tmp_path,
+):
+    clock = FakeClock()
+    runners = fake_runners(clock)
+    seen = []
+
+    def broken(budget_s):
+        seen.append(json.loads((tmp_path / "gpu_check.json").read_text())["parts"])
+        raise KeyError("backbones")
+
+    runners["bench_64"] = broken
+    assert (
+        gc.main(["--out", str(tmp_path)], runners=runners, device=lambda: "H100", clock=clock) == 0
+    )
+    assert list(seen[0]) == ["bench_128"]  # written before bench_64 started
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert doc["parts"]["bench_64"]["status"] == "failed"
+    assert "KeyError" in doc["parts"]["bench_64"]["line"]
+    assert doc["parts"]["sweep"]["status"] == "ok"

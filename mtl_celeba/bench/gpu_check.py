@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,7 @@ REQUIRED_MODULES = {
     "omegaconf": "omegaconf",
     "antlr4": "antlr4-python3-runtime==4.9.3",
     "lightning": "lightning",
+    "lightning_utilities": "lightning-utilities",
     "torchmetrics": "torchmetrics",
     "torchjd": "torchjd",
     "tabulate": "tabulate",
@@ -72,6 +74,8 @@ REQUIRED_MODULES = {
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
     "PIL": "pillow",
+    "yaml": "pyyaml",
+    "packaging": "packaging",
     "pytest": "pytest",
 }
 
@@ -131,12 +135,14 @@ def run_parts(
     reserve_s: float = RESERVE_S,
     clock: Callable[[], float] = time.monotonic,
     say: Callable[[str], None] = print,
+    after_part: Callable[[dict[str, dict[str, Any]]], None] = lambda results: None,
 ) -> dict[str, dict[str, Any]]:
     """Run each part whose budget fits in what is left of ``total_s - reserve_s``, else skip it.
 
     A runner gets its part's budget (its timeout) and returns the part's figures, or raises
-    :class:`PartError`. Since a part only starts when its budget fits and never runs past it,
-    the parts end within ``total_s - reserve_s`` of the start.
+    :class:`PartError` (any other exception also marks the part ``failed``). Since a part only
+    starts when its budget fits and never runs past it, the parts end within
+    ``total_s - reserve_s`` of the start. ``after_part`` sees the results after every part.
     """
     started = clock()
     results: dict[str, dict[str, Any]] = {}
@@ -161,6 +167,9 @@ def run_parts(
                 status, line = "ok", f"{part.name}: ok"
             except PartError as error:
                 figures, status, line = {}, error.status, f"{part.name}: {error.status}: {error}"
+            except Exception as error:  # a bug in reading one part must not lose the others
+                figures, status = {}, "failed"
+                line = f"{part.name}: failed: {type(error).__name__}: {error}"
             seconds = clock() - part_start
             entry.update(
                 status=status,
@@ -170,6 +179,7 @@ def run_parts(
             )
         say(entry["line"])
         results[part.name] = entry
+        after_part(results)
     return results
 
 
@@ -513,6 +523,7 @@ def part_runners(out: Path, num_images: int) -> dict[str, Callable[[float], dict
 
     def mtl_bench(name: str) -> Callable[[float], dict[str, Any]]:
         def run(budget_s: float) -> dict[str, Any]:
+            (out / f"{name}.json").unlink(missing_ok=True)  # never an earlier run's figures
             run_process(
                 [*python, "mtl_celeba.bench", *commands[name]], budget_s, out / f"{name}.log"
             )
@@ -535,6 +546,8 @@ def part_runners(out: Path, num_images: int) -> dict[str, Callable[[float], dict
         return {"files": tests, **junit_figures(xml.read_text())}
 
     def sweep(budget_s: float) -> dict[str, Any]:
+        shutil.rmtree(out / "sweep-runs", ignore_errors=True)  # only this run's jobs count
+        (out / "sweep.json").unlink(missing_ok=True)
         run_process([*python, "mtl_celeba.bench", *commands["sweep"]], budget_s, out / "sweep.log")
         return sweep_figures(_read_json(out / "sweep.json"))
 
@@ -560,6 +573,7 @@ def part_runners(out: Path, num_images: int) -> dict[str, Callable[[float], dict
         }
 
     def strategies(budget_s: float) -> dict[str, Any]:
+        (out / "strategies.json").unlink(missing_ok=True)
         run_process(
             [*python, "mtl_celeba.bench", *commands["strategies"]], budget_s, out / "strategies.log"
         )
@@ -681,12 +695,16 @@ def main(
     created = datetime.now(UTC).isoformat(timespec="seconds")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"gpu-check on {name}: {len(parts)} parts, {args.budget_s:.0f} s budget, into {args.out}")
-    results = run_parts(
-        parts, runners or part_runners(args.out, args.num_images), args.budget_s, clock=clock
-    )
-    doc = report(name, results, created, clock() - started, args.budget_s)
-    (args.out / "gpu_check.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(doc))
+
+    def write(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """gpu_check.json and .md of the parts so far (after each part: a run cut short keeps them)."""
+        doc = report(name, results, created, clock() - started, args.budget_s)
+        (args.out / "gpu_check.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.out / "gpu_check.md").write_text(markdown(doc))
+        return doc
+
+    runners = runners or part_runners(args.out, args.num_images)
+    doc = write(run_parts(parts, runners, args.budget_s, clock=clock, after_part=write))
     for row in doc["targets"]:
         met = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]
         print(f"  {row['what']} {row['target']}: {_fmt(row['value'])} ({met})")
