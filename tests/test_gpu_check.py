@@ -216,6 +216,9 @@ def test_a_missed_128_px_target_reads_missed(tmp_path):
         (["--parts", ","], "--parts"),
         (["--budget-s", "10"], "--budget-s"),
         (["--num-images", "50"], "--num-images"),
+        (["--budgets", "sweep=0"], "--budgets"),
+        (["--budgets", "sweep=abc"], "--budgets"),
+        (["--budgets", "swep=100"], "--budgets"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2_before_looking_for_a_gpu(argv, names, capsys):
@@ -460,3 +463,44 @@ def test_a_part_that_breaks_unexpectedly_is_failed_and_the_json_is_written_after
     assert doc["parts"]["bench_64"]["status"] == "failed"
     assert "KeyError" in doc["parts"]["bench_64"]["line"]
     assert doc["parts"]["sweep"]["status"] == "ok"
+
+
+def test_budgets_can_be_changed_per_part_and_the_skip_rule_uses_them(tmp_path):
+    clock = FakeClock()
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--budgets",
+        "bench_128=300,sweep=150",
+        "--parts",
+        "bench_128,sweep",
+    ]
+    gc.main(argv, runners=fake_runners(clock), device=lambda: "H100", clock=clock)
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert (
+        doc["parts"]["bench_128"]["budget_s"] == 300 and doc["parts"]["bench_128"]["status"] == "ok"
+    )
+    # the fake bench_128 takes 50 s, so 410 s are left: the sweep's 150 fit (it takes 55 s)
+    assert doc["parts"]["sweep"]["status"] == "ok" and doc["parts"]["sweep"]["budget_s"] == 150
+    clock = FakeClock()
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--budgets",
+        "bench_128=200,sweep=300",
+        "--parts",
+        "bench_128,sweep",
+    ]
+    gc.main(argv, runners=fake_runners(clock), device=lambda: "H100", clock=clock)
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    # 460 - 50 = 410 s left: a 300 s sweep fits; with bench_128 cut at 200 s it would not
+    assert doc["parts"]["sweep"]["status"] == "ok"
+    runners = fake_runners(clock)
+    runners["bench_128"] = fake_runner(clock, 1000)
+    gc.main(argv, runners=runners, device=lambda: "H100", clock=clock)
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert doc["parts"]["bench_128"]["status"] == "timeout"
+    assert (
+        doc["parts"]["sweep"]["line"]
+        == "sweep: skipped: its budget 300 s is more than the 260 s left"
+    )

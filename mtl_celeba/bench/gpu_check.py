@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,13 +91,13 @@ class Part:
 
 #: In the order they run: the training step first, the sweep and the methods after.
 PARTS = (
-    Part("bench_128", 80, "mtl-bench plain/model_only/fast, resnet18, 128 px, batch 256, 8 tasks"),
+    Part("bench_128", 100, "mtl-bench plain/model_only/fast, resnet18, 128 px, batch 256, 8 tasks"),
     Part("bench_64", 45, "mtl-bench plain/model_only/fast, resnet18, 64 px, batch 256, 8 tasks"),
-    Part("bench_all40", 50, "mtl-bench plain/model_only/fast, resnet18, 128 px, attributes=all40"),
-    Part("bench_vgg16", 35, "mtl-bench fast, vgg16, 128 px, batch 256 (the estimate's VGG cost)"),
-    Part("cuda_tests", 40, "the suite's CUDA-only tests (host-device syncs per step)"),
-    Part("sweep", 100, "mtl-bench --sweep: 8 jobs, 2 epochs, 64 px, gpu_pool 4 jobs per GPU"),
-    Part("strategies", 95, "mtl-bench --strategies: DST, MTL and every Gramian method, 128 px"),
+    Part("bench_all40", 45, "mtl-bench plain/model_only/fast, resnet18, 128 px, attributes=all40"),
+    Part("bench_vgg16", 30, "mtl-bench fast, vgg16, 128 px, batch 256 (the estimate's VGG cost)"),
+    Part("cuda_tests", 35, "the suite's CUDA-only tests (host-device syncs per step)"),
+    Part("sweep", 110, "mtl-bench --sweep: 8 jobs, 2 epochs, 64 px, gpu_pool 4 jobs per GPU"),
+    Part("strategies", 80, "mtl-bench --strategies: DST, MTL and every Gramian method, 128 px"),
     Part("estimate", 15, "make reproduce CELEBA=... estimated from the measured figures"),
 )
 PART_NAMES = tuple(part.name for part in PARTS)
@@ -286,8 +286,6 @@ def scaled_estimate(
     settings than the sweep's: each target setting's jobs from the sweep's job costs, their
     epoch seconds scaled by that setting's measured step-cost factor. Settings without a factor
     are left out (the estimate is then a lower bound, ``complete`` false)."""
-    from dataclasses import replace
-
     from mtl_celeba.bench.sweep import describe, estimate_wall_s
 
     seconds, scaled, unmeasured, no_strategy = 0.0, [], [], set()
@@ -622,6 +620,11 @@ def parser() -> argparse.ArgumentParser:
         default=NUM_IMAGES,
         help=f"synthetic CelebA size of every part (default {NUM_IMAGES})",
     )
+    p.add_argument(
+        "--budgets",
+        default="",
+        help="other part budgets in seconds, e.g. bench_128=120,sweep=150 (the others keep theirs)",
+    )
     return p
 
 
@@ -647,7 +650,23 @@ def check_arguments(args: argparse.Namespace) -> list[Part]:
         )
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file: give a folder.")
-    return [part for part in PARTS if part.name in names]
+    budgets = {}
+    for item in filter(None, (i.strip() for i in args.budgets.split(","))):
+        name, _, seconds = item.partition("=")
+        try:
+            budgets[name.strip()] = float(seconds)
+        except ValueError:
+            budgets[name.strip()] = -1.0
+        if name.strip() not in PART_NAMES or not budgets[name.strip()] > 0:
+            raise UsageError(
+                f"--budgets {item!r}: write PART=SECONDS, SECONDS above 0, PART one of "
+                f"{','.join(PART_NAMES)}."
+            )
+    return [
+        replace(part, budget_s=budgets.get(part.name, part.budget_s))
+        for part in PARTS
+        if part.name in names
+    ]
 
 
 def missing_packages() -> list[str]:
