@@ -415,6 +415,7 @@ def test_the_sweep_is_8_packed_jobs_at_64_px_on_the_gpu_pool(tmp_path):
         cfg = compose("train", overrides=first_choices(overrides), return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert cfg.data.image_size == 64 and cfg.trainer.max_epochs == 2
+    assert cfg.data.batch_size == 256 and cfg.data.num_workers is None  # as conf/data/celeba.yaml
     assert cfg.hydra.launcher.jobs_per_gpu == 4 and "GpuPool" in cfg.hydra.launcher._target_
     assert cfg.trainer.precision == "bf16-mixed" and cfg.model.backbone == "resnet18"
 

@@ -457,13 +457,17 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PartError("failed", f"no readable {path.name} ({error})") from None
 
 
-#: The packed sweep: 8 jobs (4 strategies x 2 seeds), 2 epochs, 64 px, 4 jobs per GPU.
+#: The packed sweep: 8 jobs (4 strategies x 2 seeds), 2 epochs, 64 px, 4 jobs per GPU, with
+#: conf/data/celeba.yaml's batch sizes and workers (the synthetic defaults are for a CPU).
 SWEEP_OVERRIDES = (
     "~experiment",
     "strategy=mtl,dst,random_drop,dst_uniform",
     "seed=0,1",
     "trainer.max_epochs=2",
     "data.image_size=64",
+    "data.batch_size=256",
+    "data.eval_batch_size=512",
+    "data.num_workers=null",
     "hydra/launcher=gpu_pool",
     "hydra.launcher.jobs_per_gpu=4",
 )
