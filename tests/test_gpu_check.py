@@ -505,3 +505,33 @@ def test_budgets_can_be_changed_per_part_and_the_skip_rule_uses_them(tmp_path):
         doc["parts"]["sweep"]["line"]
         == "sweep: skipped: its budget 300 s is more than the 260 s left"
     )
+
+
+def test_the_sweep_figures_read_what_mtl_bench_sweep_writes():
+    from mtl_celeba.bench.sweep import sweep_summary
+
+    costs = [
+        JobCost("mtl", 100, [1.0, 1.0], 5.0, 7.0, SETTING),
+        JobCost("dst", 100, [2.0], 4.0, 6.0, SETTING),
+    ]
+    sweep = {
+        "command": "mtl-train -m ...",
+        "returncode": 0,
+        "log": "sweep.log",
+        "wall_s": 10.0,
+        "utilisation": 0.62,
+        "samples": 20,
+    }
+    doc = {
+        **sweep_summary(sweep, costs),
+        "measured_settings": ["resnet18, 64 px, bf16-mixed"],
+        "estimates": {},
+    }
+    figures = gc.sweep_figures(doc)
+    assert None not in figures.values(), figures
+    assert (
+        figures["jobs"] == 2
+        and figures["jobs_per_hour"] == 720.0
+        and figures["utilisation"] == 0.62
+    )
+    assert figures["concurrency"] == 1.3
