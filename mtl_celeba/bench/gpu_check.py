@@ -354,7 +354,9 @@ def report(
 def _fmt(value: Any) -> str:
     if value is None:
         return "not measured"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
 
 
 def markdown(doc: Mapping[str, Any]) -> str:
