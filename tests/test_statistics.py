@@ -150,11 +150,12 @@ def test_delta_m_per_seed_with_a_t_interval(tmp_path: Path) -> None:
     dst = table[(table["strategy"] == "dst")].iloc[0]
     values, _ = dst_arrays()
     ref = np.array([0.85, 0.90, 0.75])
-    per_seed = 100 * ((values - ref) / ref).mean(axis=1)
+    per_seed = -100 * ((values - ref) / ref).mean(axis=1)
     low, high = stats.t.interval(
         0.95, len(per_seed) - 1, loc=per_seed.mean(), scale=stats.sem(per_seed)
     )
     assert dst["seeds"] == 4 and dst["missing_reference"] == ""
+    assert dst["reference_mode"] == "conditional"
     assert dst["delta_m"] == pytest.approx(per_seed.mean())
     assert (dst["delta_m_low"], dst["delta_m_high"]) == pytest.approx((low, high))
 
@@ -204,7 +205,8 @@ def test_sentence_names_significant_tasks_and_delta_m(tmp_path: Path) -> None:
 
     assert text == (
         f"dst vs MTL: better on 1 of 3 tasks ({task('Smiling')}), "
-        f"worse on 1 of 3 tasks ({task('Male')}); Δm% {delta['delta_m']:+.2f} ± {half:.2f}."
+        f"worse on 1 of 3 tasks ({task('Male')}); Δm% {delta['delta_m']:+.2f} ± {half:.2f}, "
+        "conditional on one STL run."
     )
 
 
@@ -220,7 +222,7 @@ def test_fewer_than_two_paired_seeds_are_said_not_computed(tmp_path: Path) -> No
         "dst vs MTL: only 1 paired seed, fewer than 2: no confidence interval or test; Δm% "
     )
     assert sentences["pcgrad"].startswith("pcgrad vs MTL: no MTL run with the same seed")
-    assert sentences["pcgrad"].endswith("Δm% -6.25 (1 seed: no interval).")  # (0.7/0.8 - 1) / 2
+    assert sentences["pcgrad"].endswith("Δm% +6.25 (1 seed: no interval).")  # -(0.7/0.8 - 1) / 2
     dst = result.paired[result.paired["strategy"] == "dst"]
     assert dst["pairs"].tolist() == [1, 1]
     assert dst["ci_low"].isna().all() and dst["p"].isna().all()
@@ -284,7 +286,7 @@ def test_report_uses_the_external_reference(tmp_path: Path) -> None:
     main([str(sweep), "--stl-reference", str(reference)])
     csv = pd.read_csv(sweep / "report.csv").set_index(["strategy", "backbone"])
     values, _ = dst_arrays()
-    per_seed = 100 * ((values - [0.85, 0.9, 0.75]) / [0.85, 0.9, 0.75]).mean(axis=1)
+    per_seed = -100 * ((values - [0.85, 0.9, 0.75]) / [0.85, 0.9, 0.75]).mean(axis=1)
     assert csv.loc[("dst", "resnet18"), "delta_m_pct"] == pytest.approx(per_seed.mean())
     low = csv.loc[("dst", "resnet18"), "delta_m_pct_ci_low"]
     assert low == pytest.approx(
