@@ -166,12 +166,13 @@ def comparison_notes(comparison: Comparison) -> list[str]:
             f"tasks, and Δm% for configurations that include them, are {NOT_AVAILABLE}."
         )
     overall = comparison.overall
-    for (backbone, attribute_set), group in overall.groupby(
-        ["backbone", "attribute_set"], sort=False
+    for (backbone, attribute_set, scale), group in overall.groupby(
+        ["backbone", "attribute_set", "scale"], sort=False
     ):
         if not (group["strategy"] == BASELINE).any():
             notes.append(
-                f"No MTL run for {backbone} · {attribute_set}: the gain over MTL is {NOT_AVAILABLE}."
+                f"No MTL run for {backbone} · {attribute_set} · {scale}: the gain over MTL is "
+                f"{NOT_AVAILABLE}."
             )
     for row in comparison.repeated_seeds.itertuples(index=False):
         if pd.isna(row.seed):
