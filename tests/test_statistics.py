@@ -517,7 +517,8 @@ def test_a_repeated_configuration_counts_once(tmp_path: Path) -> None:
     write_job(tmp_path / "dst_vs_baselines" / "1", "dst", 1, {"a": 0.85})
     md, csv = report_of(tmp_path)
     assert csv_row(csv, "dst")["runs"] == 2
-    assert "dst seed 0 was run twice" in md and "counted once" in md
+    assert "dst seed 0 was run twice (`../dst_vs_baselines/0` repeats `../drop_metrics/0`" in md
+    assert "counted once" in md
 
 
 def test_dst_rows_show_what_dst_dropped(tmp_path: Path) -> None:

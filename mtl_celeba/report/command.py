@@ -9,6 +9,7 @@ seeds and compares it with plain MTL and with the single-task (STL) runs (:mod:`
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def write_report(
         commands=reproduce_commands(sweep_dirs),
         metric=metric,
         reference_file=stl_reference,
+    )
+    # relative to the report, like the failed runs, so the notes stay valid when the sweep moves
+    repeats = repeats.assign(
+        run=[os.path.relpath(run, out_dir) for run in repeats["run"]],
+        kept=[os.path.relpath(run, out_dir) for run in repeats["kept"]],
     )
     notes = [*comparison_notes(comparison), *seed_notes(scores, statistics, repeats), *plot_notes]
     if external is not None and (scores["strategy"] == REFERENCE).any():
