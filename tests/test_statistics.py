@@ -431,6 +431,7 @@ def test_unequal_seeds_use_the_shared_seeds_everywhere(tmp_path: Path) -> None:
     per_seed = -100 * ((values - stl) / stl).mean(axis=1)
     assert dst["delta_m_pct"] == pytest.approx(per_seed.mean())
     assert dst["reference_mode"] == "paired" and dst["seeds"] == 3
+    assert dst["a_gain_stl"] == pytest.approx((values - stl)[:, 0].mean())  # seeds 0-2 only
     low, _ = stats.t.interval(0.95, 2, loc=per_seed.mean(), scale=stats.sem(per_seed))
     assert dst["delta_m_pct_ci_low"] == pytest.approx(low)
     assert "dst · resnet18 · assignment8 · " in md and "seeds 3, 4 without an MTL run" in md

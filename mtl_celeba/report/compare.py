@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_celeba.errors import UserError
-from mtl_celeba.report.statistics import delta_m_over_seeds, reference_keys
+from mtl_celeba.report.statistics import MIN_PAIRS, delta_m_over_seeds, reference_keys
 from mtl_celeba.run.results import METRIC_NAMES
 from mtl_celeba.scheduling.names import BASELINE, REFERENCE, STRATEGY_ORDER
 
@@ -142,7 +142,8 @@ def compare(
     """Average every configuration over its seeds and compare it with MTL and STL.
 
     The gains over MTL are paired: the mean of (configuration - MTL) over the seeds both ran,
-    per task (overall: the mean of those over tasks). Delta_m% is
+    per task (overall: the mean of those over tasks). The gains over STL are paired the same
+    way where STL ran at least MIN_PAIRS of the seeds, else the difference of the means. Delta_m% is
     :func:`~mtl_celeba.report.statistics.delta_m_over_seeds` (lower is better). ``stl``
     replaces the STL runs as the single-task reference (``--stl-reference``: columns backbone,
     task, mean, std, n).
@@ -178,6 +179,26 @@ def compare(
         how="left",
     )
     per_task["gain_stl"] = per_task["mean"] - per_task["stl_mean"]
+    if not external:
+        # paired by seed where STL ran MIN_PAIRS of the configuration's seeds, like Delta_m%
+        stl_seeded = (
+            scores[(scores["strategy"] == REFERENCE) & scores["seed"].notna()]
+            .groupby([*STL_KEYS, "seed", "task"], sort=False)[metric]
+            .mean()
+            .rename("stl_value")
+            .reset_index()
+        )
+        with_stl = multi[multi["seed"].notna()].merge(stl_seeded, on=[*STL_KEYS, "seed", "task"])
+        with_stl = with_stl.assign(difference=with_stl[metric] - with_stl["stl_value"])
+        paired_stl = (
+            with_stl.groupby([*keys, "task"], sort=False)["difference"]
+            .agg(gain_stl_paired="mean", stl_pairs="count")
+            .reset_index()
+        )
+        per_task = per_task.merge(paired_stl, on=[*keys, "task"], how="left")
+        use = per_task["stl_pairs"] >= MIN_PAIRS
+        per_task.loc[use, "gain_stl"] = per_task.loc[use, "gain_stl_paired"]
+        per_task = per_task.drop(columns=["gain_stl_paired", "stl_pairs"])
 
     # The mean over tasks is taken per run first, so its std is the spread over seeds.
     run_means = multi.groupby([*keys, "run"], sort=False)[metric].mean().reset_index()

@@ -136,7 +136,7 @@ def _section_tables(
         markdown_table(values.rename_axis("configuration").reset_index()),
         "Gain over MTL (percentage points, mean of the paired differences over the seeds both ran):\n\n"
         + markdown_table(gain_mtl.rename_axis("configuration").reset_index()),
-        f"Gain over STL (percentage points) and {DELTA_M} against STL:\n\n"
+        f"Gain over STL (percentage points, paired by seed where STL ran the seeds) and {DELTA_M} against STL:\n\n"
         + markdown_table(gain_stl.rename_axis("configuration").reset_index()),
     ]
 
@@ -428,7 +428,10 @@ class Header:
     def reference(self) -> str:
         """What Delta_m% and the gains over STL compare with, in words."""
         if self.reference_file is None:
-            return "the STL runs (their mean over seeds per backbone and task)"
+            return (
+                "the STL runs of the same backbone and scale (paired by seed where STL ran the "
+                "seed, else their mean over seeds per task)"
+            )
         return f"the external reference `{self.reference_file}` (--stl-reference)"
 
 
