@@ -44,9 +44,9 @@ synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed 
 	$(RUN) mtl-synth $(ARGS)
 
 # `make reproduce`: the canonical grids (dst_vs_baselines, drop_metrics) and their report.
-# Without CELEBA: synthetic CelebA at a scale a 2-core CPU runs in under 20 minutes, ResNet18
-# only (VGG16-BN is 4x slower per job on a CPU): 33 + 11 jobs of 15-33 s, 16 min in all on the
-# idle 2-core AMD EPYC (`mtl-bench --sweep` estimates the total for yours).
+# Without CELEBA: synthetic CelebA at a scale a 2-core CPU runs in about half an hour, ResNet18
+# only (VGG16-BN is 4x slower per job on a CPU): 70 + 11 jobs of 15-33 s
+# each on the idle 2-core AMD EPYC (`mtl-bench --sweep` estimates the total for yours).
 # With CELEBA=/path: the full-scale protocol on real CelebA, one GPU per job with AMP.
 # The sweeps go to a fixed folder per scale, so running `make reproduce` again resumes: the
 # grids skip the jobs that completed there (skip_completed) and rerun failed or unfinished ones.

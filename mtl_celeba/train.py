@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtl_celeba.cli.hydra_app import hydra_entry
 from mtl_celeba.cli.validate import validate_train_config
@@ -204,16 +204,31 @@ def summary_text(results: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def monitored_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
+    """The validation value that picked the checkpoint: ``callbacks.model_checkpoint.monitor``
+    (``val/<metric>/mean``) of the best epoch, from the validation pass on the best checkpoint.
+
+    Never a test number: a sweeper optimising what ``main`` returns would tune on the test set.
+    None when the monitor is not a validation mean metrics.json records (e.g. ``val/loss``).
+    """
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    parts = str(monitor).split("/")
+    if len(parts) != 3 or parts[0] != "val" or parts[2] != "mean":
+        return None
+    value = ((results.get("val") or {}).get("mean") or {}).get(parts[1])
+    return None if value is None else float(value)
+
+
 @hydra_entry("train", validate_train_config)
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the mean test accuracy (for sweepers that optimise it)."""
+    """Hydra entry point; returns the monitored validation value at the best epoch (for
+    sweepers that optimise it), never a test number."""
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = train(cfg, run_dir)  # a UserError ends the job with one line (hydra_entry)
     log.info("%s", summary_text(results, run_dir))
-    test = results.get("test")
-    return test["mean"]["accuracy"] if test else None
+    return monitored_value(cfg, results)
 
 
 if __name__ == "__main__":

@@ -66,13 +66,13 @@ def test_dst_vs_baselines_grid():
     jobs = grid_jobs("dst_vs_baselines")
     multi = [job for job in jobs if "strategy=stl" not in job]
     single = [job for job in jobs if "strategy=stl" in job]
-    assert len(multi) == 5 * 2 * 5
-    assert {j[0] for j in multi} == {
-        f"strategy={name}" for name in ("mtl", "random_drop", "dst", "dst_shuffled", "dst_uniform")
-    }
+    strategies = ("mtl", "random_drop", "dst", "dst_shuffled", "dst_uniform", "dst_norm_only")
+    assert len(multi) == len(strategies) * 2 * 5
+    assert {j[0] for j in multi} == {f"strategy={name}" for name in strategies}
     assert {j[2] for j in multi} == {f"seed={seed}" for seed in range(5)}
     tasks = ATTRIBUTE_PRESETS["assignment8"]
-    assert len(single) == len(tasks) * 2
+    assert len(single) == len(tasks) * 2 * 5  # STL on the same seeds: Delta_m% pairs by seed
+    assert {j[3] for j in single} == {f"seed={seed}" for seed in range(5)}
     assert {job[1] for job in single} == {f"strategy.task={task}" for task in tasks}
     # the STL grid follows the chosen attribute set
     heatmap = grid_jobs("dst_vs_baselines", ["attributes=heatmap8"])

@@ -52,7 +52,7 @@ def _train_recording(compose_train, tmp_path, name: str, overrides: list[str]) -
 def test_every_strategy_sees_the_same_batches(compose_train, tmp_path):
     """Batch order, pixels (after the device-side flip and shift) and labels agree across
     strategies, in the first epoch and after DST's first gate draw."""
-    strategies = ["mtl", "dst", "dst_shuffled", "dst_uniform", "random_drop"]
+    strategies = ["mtl", "dst", "dst_shuffled", "dst_uniform", "dst_norm_only", "random_drop"]
     recorded = {
         strategy: _train_recording(
             compose_train,
@@ -107,3 +107,24 @@ def test_a_strategy_that_changes_nothing_ends_exactly_like_mtl(compose_train, tm
     assert weights["mtl"].keys() == weights["dst"].keys()
     for key, value in weights["mtl"].items():
         assert torch.equal(value, weights["dst"][key]), f"{key} differs"
+
+
+def test_dst_norm_only_drops_nothing(compose_train, tmp_path):
+    """dst_norm_only computes DST's full schedule but applies none of its gates: without its
+    loss normalisation it must end bit-identical to MTL, and record a drop rate of 0."""
+    common = ["seed=3", "trainer.max_epochs=2", *RANDOM_STREAMS]
+    mtl = train(
+        compose_train(["strategy=mtl", *common], run_dir=tmp_path / "mtl"), tmp_path / "mtl"
+    )
+    run = tmp_path / "norm_only"
+    norm_only = train(
+        compose_train(
+            ["strategy=dst_norm_only", "strategy.normalize_initial_losses=false", *common],
+            run_dir=run,
+        ),
+        run,
+    )
+    schedule = norm_only["schedule"]
+    assert schedule["strategy"] == "dst_norm_only"
+    assert schedule["realised_drop_rate"] == dict.fromkeys(norm_only["attributes"], 0.0)
+    assert norm_only["test"] == mtl["test"]

@@ -203,7 +203,8 @@ def test_drop_metrics_labels() -> None:
 def test_data_description_names_real_celeba(tmp_path: Path) -> None:
     write_run(tmp_path / "0", "mtl", 0, {"Smiling": 0.9}, data_source="celeba")
     scores, _ = collect_runs(find_run_dirs([tmp_path]))
-    assert "full-scale protocol on real CelebA (`/data/celeba`)" in data_description(scores)
+    assert "real CelebA (`/data/celeba`)" in data_description(scores)
+    assert "full-scale" not in data_description(scores)
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -241,10 +242,13 @@ def test_mean_std_over_seeds_and_gains_by_hand(tmp_path: Path) -> None:
 def test_delta_m_by_hand() -> None:
     values = pd.Series({"a": 0.9, "b": 0.6})
     reference = pd.Series({"a": 0.8, "b": 0.75})
-    expected = 100 / 2 * ((0.9 - 0.8) / 0.8 + (0.6 - 0.75) / 0.75)
+    # The literature's sign: (-1)^1 for higher-is-better metrics, so lower is better.
+    expected = -100 / 2 * ((0.9 - 0.8) / 0.8 + (0.6 - 0.75) / 0.75)
     assert delta_m(values, reference) == pytest.approx(expected)
     assert delta_m(values, reference, lower_is_better=True) == pytest.approx(-expected)
     assert pd.isna(delta_m(values, reference.drop("b")))
+    assert pd.isna(delta_m(values, reference.replace(0.75, 0.0)))  # a zero reference
+    assert pd.isna(delta_m(values.replace(0.6, float("nan")), reference))
 
 
 def test_delta_m_when_every_task_has_stl(tmp_path: Path) -> None:
@@ -254,7 +258,7 @@ def test_delta_m_when_every_task_has_stl(tmp_path: Path) -> None:
     overall = compare(scores).overall
     dst = (0.85, 0.92, 0.71)
     stl = (0.86, 0.92, 0.75)
-    expected = 100 / 3 * sum((m - s) / s for m, s in zip(dst, stl, strict=True))
+    expected = -100 / 3 * sum((m - s) / s for m, s in zip(dst, stl, strict=True))
     assert row(overall, "dst")["delta_m"] == pytest.approx(expected)
 
 
@@ -381,19 +385,25 @@ def test_does_it_help_section_and_header(report: dict[str, Any]) -> None:
     assert "runs are paired by seed" in md and "same augmentation" in md
     assert "selection on validation only" in md and "best epoch on the test set" in md
     section = md.split("## Does it help?", 1)[1].split("## Summary", 1)[0]
-    # DST Smiling: +4 points on both seeds; the sentence and the table say so.
-    assert "- dst (all) vs MTL: better on 1 of 3 tasks (Smiling +4.00 pp [+4.00, +4.00])" in section
+    # DST Smiling: +4 points on both seeds: no spread, so no test and no mark.
+    assert "- dst (all) vs MTL: better on none, worse on none; not testable (every seed " in section
+    assert (
+        "+4.00, not testable (every seed differs by the same amount) (sign-flip p=0.500)" in section
+    )
+    assert "▲" not in section.split("Holm's correction", 1)[1]
     assert "- random_drop vs MTL:" in section
     assert "Δm% n/a (no single-task reference for Young)" in section
-    assert "| mtl " in section and "baseline" in section
-    assert "p<0.001 ▲" in section and "of 3" in section  # mean rank among 3 configurations
+    assert "| mtl " in section and "baseline" in section and "of 3" in section
+    assert "Δm% (lower is better)" in section
 
 
 def test_csv_has_the_statistics(report: dict[str, Any]) -> None:
     dst = row(report["csv"], "dst")
     assert dst["Smiling_diff_vs_mtl"] == pytest.approx(0.04)
     assert dst["Smiling_pairs_vs_mtl"] == 2
-    assert dst["Smiling_significant_vs_mtl"] == "gain"
+    assert dst["Smiling_testable_vs_mtl"] == False  # noqa: E712 (read back from CSV)
+    assert pd.isna(dst["Smiling_significant_vs_mtl"]) and pd.isna(dst["Smiling_p_vs_mtl"])
+    assert dst["Smiling_p_exact_vs_mtl"] == pytest.approx(2 / 2**2)
     assert dst["seeds"] == 2
     # Mean ranks by hand (higher is better): Smiling dst 1, mtl 2, random_drop 3; Male dst 1,
     # mtl 2, random_drop 3; Young mtl/random_drop tie at 1.5, dst 3.
@@ -413,7 +423,7 @@ def test_f1_end_to_end(tmp_path: Path) -> None:
     assert dst["Smiling_mean"] == pytest.approx(0.85 - 0.2)  # write_run's f1 is accuracy - 0.2
     dst_f1 = [0.85 - 0.2, 0.92 - 0.2, 0.71 - 0.2]
     stl_f1 = [0.86 - 0.2, 0.92 - 0.2, 0.75 - 0.2]
-    expected = 100 / 3 * sum((m - s) / s for m, s in zip(dst_f1, stl_f1, strict=True))
+    expected = -100 / 3 * sum((m - s) / s for m, s in zip(dst_f1, stl_f1, strict=True))
     assert dst["delta_m_pct"] == pytest.approx(expected)
     assert dst["Smiling_diff_vs_mtl"] == pytest.approx(0.04)
 

@@ -92,8 +92,8 @@ def test_each_variant_trains_and_the_report_compares_them(compose_train, tmp_pat
                 "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1",
                 "model.scheduler=null",  # so the LRs in last.ckpt are the callback's alone
             ]
-        else:
-            overrides += ["trainer.max_epochs=1"]
+        else:  # the same epochs as the two-stage run: the report pairs equal scales only
+            overrides += ["trainer.max_epochs=2"]
         run_dir = sweep / str(number)
         results = train(compose_train(overrides, run_dir=run_dir), run_dir)
         assert results["status"] == "completed", job

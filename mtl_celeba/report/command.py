@@ -9,6 +9,7 @@ seeds and compares it with plain MTL and with the single-task (STL) runs (:mod:`
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,12 +30,13 @@ from mtl_celeba.report.markdown import (
     data_description,
     render_markdown,
     reproduce_commands,
+    seed_notes,
     setup_description,
     statistics_table,
     summary_table,
 )
 from mtl_celeba.report.plots import write_plots
-from mtl_celeba.report.runs import RUN_COLUMNS, collect_runs, find_run_dirs
+from mtl_celeba.report.runs import RUN_COLUMNS, collect_runs, drop_repeats, find_run_dirs
 from mtl_celeba.report.statistics import (
     analyse,
 )
@@ -61,6 +63,7 @@ def write_report(
     """
     run_dirs = find_run_dirs(sweep_dirs)
     scores, failed = collect_runs(run_dirs)
+    scores, repeats = drop_repeats(scores)
     reported = [column for column in scores.columns if column not in RUN_COLUMNS]
     if metric not in reported:
         if not scores.empty:
@@ -72,7 +75,10 @@ def write_report(
         external = read_stl_reference(stl_reference, metric, backbones)
     comparison = compare(scores, metric, stl=external)
     lower_is_better = metric in LOWER_IS_BETTER
-    statistics = analyse(scores, metric, GROUP_KEYS, comparison.stl, lower_is_better)
+    stl_runs = None if external is not None else scores[scores["strategy"] == REFERENCE]
+    statistics = analyse(
+        scores, metric, GROUP_KEYS, comparison.stl, lower_is_better, stl_runs=stl_runs
+    )
     table = wide_table(comparison)
     if not table.empty:
         table = table.merge(statistics_table(statistics), on=GROUP_KEYS, how="left")
@@ -91,14 +97,29 @@ def write_report(
         metric=metric,
         reference_file=stl_reference,
     )
-    notes = [*comparison_notes(comparison), *plot_notes]
+    # relative to the report, like the failed runs, so the notes stay valid when the sweep moves
+    repeats = repeats.assign(
+        run=[os.path.relpath(run, out_dir) for run in repeats["run"]],
+        kept=[os.path.relpath(run, out_dir) for run in repeats["kept"]],
+    )
+    notes = [*comparison_notes(comparison), *seed_notes(scores, statistics, repeats), *plot_notes]
     if external is not None and (scores["strategy"] == REFERENCE).any():
         notes.append("STL runs were found but --stl-reference replaces them as the reference.")
     markdown = render_markdown(
-        header, scores, comparison, failed, notes, plots, out_dir, statistics=statistics
+        header,
+        scores,
+        comparison,
+        failed,
+        notes,
+        plots,
+        out_dir,
+        statistics=statistics,
+        schedules=comparison.overall[[*GROUP_KEYS, "configuration", "drop_rate", "gates"]]
+        if "drop_rate" in comparison.overall
+        else None,
     )
     write_text_atomic(out_dir / REPORT_MD, markdown)
-    return out_dir / REPORT_MD, summary_table(comparison), failed
+    return out_dir / REPORT_MD, summary_table(comparison, statistics), failed
 
 
 def run_command(args: argparse.Namespace) -> None:

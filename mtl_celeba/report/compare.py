@@ -11,14 +11,16 @@ import numpy as np
 import pandas as pd
 
 from mtl_celeba.errors import UserError
-from mtl_celeba.report.statistics import (
-    delta_m,
-)
+from mtl_celeba.report.statistics import MIN_PAIRS, delta_m_over_seeds, reference_keys
 from mtl_celeba.run.results import METRIC_NAMES
 from mtl_celeba.scheduling.names import BASELINE, REFERENCE, STRATEGY_ORDER
 
-#: A configuration: its runs differ only in the seed and are averaged together.
-GROUP_KEYS = ["strategy", "drop_metrics", "transfer", "backbone", "attribute_set"]
+#: A configuration: its runs differ only in the seed and are averaged together. ``scale``
+#: (data, images, image size, epochs, precision, label noise, other overrides) keeps runs of
+#: different scales apart: they are never paired or ranked together.
+GROUP_KEYS = ["strategy", "drop_metrics", "transfer", "backbone", "attribute_set", "scale"]
+#: What a configuration is compared with MTL within (everything but the strategy).
+CONTEXT_KEYS = ["backbone", "attribute_set", "scale"]
 #: Metrics where a smaller value is better; Delta_m flips their sign. None of the reported
 #: metrics (accuracy, balanced accuracy, F1, AUROC) is one, but the definition needs the set.
 LOWER_IS_BETTER: frozenset[str] = frozenset()
@@ -32,6 +34,7 @@ def sort_groups(table: pd.DataFrame) -> pd.DataFrame:
     rank = {name: float(i) for i, name in enumerate(STRATEGY_ORDER)}
     unlisted = rank[REFERENCE] - 0.5  # after the listed methods, before STL
     keys = {
+        "_scale": table.get("scale", ""),
         "_backbone": table["backbone"],
         "_attribute_set": table["attribute_set"],
         "_strategy": table["strategy"].map(lambda s: rank.get(s, unlisted)),
@@ -53,11 +56,15 @@ def _mean_std(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     )
 
 
+STL_KEYS = reference_keys(GROUP_KEYS)
+
+
 def stl_reference(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Single-task runs: mean, std and n over seeds per (backbone, task), whatever their attribute set."""
+    """Single-task runs: mean, std and n over seeds per (backbone, scale, task), whatever
+    their attribute set."""
     stl = scores[scores["strategy"] == REFERENCE]
-    return _mean_std(stl, ["backbone", "task"], metric).sort_values(
-        ["backbone", "task"], ignore_index=True
+    return _mean_std(stl, [*STL_KEYS, "task"], metric).sort_values(
+        [*STL_KEYS, "task"], ignore_index=True
     )
 
 
@@ -129,68 +136,100 @@ class Comparison:
     repeated_seeds: pd.DataFrame
 
 
-def _delta_m_per_configuration(per_task: pd.DataFrame, lower_is_better: bool) -> pd.DataFrame:
-    """Delta_m% against STL of each configuration, from its per-task means."""
-    rows = []
-    for key, group in per_task.groupby(GROUP_KEYS, sort=False):
-        by_task = group.set_index("task")
-        rows.append((*key, delta_m(by_task["mean"], by_task["stl_mean"], lower_is_better)))
-    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "delta_m"])
-
-
 def compare(
     scores: pd.DataFrame, metric: str = "accuracy", stl: pd.DataFrame | None = None
 ) -> Comparison:
     """Average every configuration over its seeds and compare it with MTL and STL.
 
-    ``stl`` replaces the STL runs as the single-task reference (``--stl-reference``: columns
-    backbone, task, mean, std, n).
+    The gains over MTL are paired: the mean of (configuration - MTL) over the seeds both ran,
+    per task (overall: the mean of those over tasks). The gains over STL are paired the same
+    way where STL ran at least MIN_PAIRS of the seeds, else the difference of the means. Delta_m% is
+    :func:`~mtl_celeba.report.statistics.delta_m_over_seeds` (lower is better). ``stl``
+    replaces the STL runs as the single-task reference (``--stl-reference``: columns backbone,
+    task, mean, std, n).
     """
     multi = scores[scores["strategy"] != REFERENCE]
     # "configuration" names (strategy, drop metrics); grouping by it too keeps the name.
     keys = [*GROUP_KEYS, "configuration"]
     per_task = _mean_std(multi, [*keys, "task"], metric)
 
-    # the MTL reference: plain MTL from scratch (a transfer sweep's other variants are compared to it)
-    is_mtl = (per_task["strategy"] == BASELINE) & (per_task["transfer"] == "-")
-    mtl = per_task.loc[is_mtl, ["backbone", "attribute_set", "task", "mean"]]
-    per_task = per_task.merge(
-        mtl.rename(columns={"mean": "mtl_mean"}),
-        on=["backbone", "attribute_set", "task"],
-        how="left",
+    # the MTL reference: plain MTL from scratch, seed by seed (a transfer sweep's other
+    # variants are compared to it)
+    is_mtl = (multi["strategy"] == BASELINE) & (multi["transfer"] == "-")
+    mtl = (
+        multi[is_mtl & multi["seed"].notna()]
+        .groupby([*CONTEXT_KEYS, "seed", "task"], sort=False)[metric]
+        .mean()
+        .rename("mtl_value")
+        .reset_index()
     )
+    paired = multi[multi["seed"].notna()].merge(mtl, on=[*CONTEXT_KEYS, "seed", "task"])
+    paired = paired.assign(difference=paired[metric] - paired["mtl_value"])
+    gains = (
+        paired.groupby([*keys, "task"], sort=False)["difference"].mean().rename("gain_mtl")
+    ).reset_index()
+    per_task = per_task.merge(gains, on=[*keys, "task"], how="left")
+    external = stl is not None
     if stl is None:
         stl = stl_reference(scores, metric)
+    on = [key for key in STL_KEYS if key in stl.columns]
     per_task = per_task.merge(
-        stl[["backbone", "task", "mean"]].rename(columns={"mean": "stl_mean"}),
-        on=["backbone", "task"],
+        stl[[*on, "task", "mean"]].rename(columns={"mean": "stl_mean"}),
+        on=[*on, "task"],
         how="left",
     )
-    per_task["gain_mtl"] = per_task["mean"] - per_task["mtl_mean"]
     per_task["gain_stl"] = per_task["mean"] - per_task["stl_mean"]
+    if not external:
+        # paired by seed where STL ran MIN_PAIRS of the configuration's seeds, like Delta_m%
+        stl_seeded = (
+            scores[(scores["strategy"] == REFERENCE) & scores["seed"].notna()]
+            .groupby([*STL_KEYS, "seed", "task"], sort=False)[metric]
+            .mean()
+            .rename("stl_value")
+            .reset_index()
+        )
+        with_stl = multi[multi["seed"].notna()].merge(stl_seeded, on=[*STL_KEYS, "seed", "task"])
+        with_stl = with_stl.assign(difference=with_stl[metric] - with_stl["stl_value"])
+        paired_stl = (
+            with_stl.groupby([*keys, "task"], sort=False)["difference"]
+            .agg(gain_stl_paired="mean", stl_pairs="count")
+            .reset_index()
+        )
+        per_task = per_task.merge(paired_stl, on=[*keys, "task"], how="left")
+        use = per_task["stl_pairs"] >= MIN_PAIRS
+        per_task.loc[use, "gain_stl"] = per_task.loc[use, "gain_stl_paired"]
+        per_task = per_task.drop(columns=["gain_stl_paired", "stl_pairs"])
 
     # The mean over tasks is taken per run first, so its std is the spread over seeds.
     run_means = multi.groupby([*keys, "run"], sort=False)[metric].mean().reset_index()
     overall = _mean_std(run_means, keys, metric)
-    is_mtl = (overall["strategy"] == BASELINE) & (overall["transfer"] == "-")
-    mtl_overall = overall.loc[is_mtl, ["backbone", "attribute_set", "mean"]]
-    overall = overall.merge(
-        mtl_overall.rename(columns={"mean": "mtl_mean"}),
-        on=["backbone", "attribute_set"],
-        how="left",
+    gain_over_tasks = per_task.groupby(keys, sort=False)["gain_mtl"].agg(
+        lambda g: g.mean() if g.notna().all() else np.nan
     )
-    overall["gain_mtl"] = overall["mean"] - overall["mtl_mean"]
-    overall = overall.merge(
-        _delta_m_per_configuration(per_task, metric in LOWER_IS_BETTER), on=GROUP_KEYS, how="left"
+    overall = overall.merge(gain_over_tasks.reset_index(), on=keys, how="left")
+    delta = delta_m_over_seeds(
+        scores,
+        metric,
+        GROUP_KEYS,
+        stl,
+        metric in LOWER_IS_BETTER,
+        stl_runs=None if external else scores[scores["strategy"] == REFERENCE],
     )
+    overall = overall.merge(delta[[*keys, "delta_m"]], on=keys, how="left")
+    # what a gating strategy did: its realised drop rate and gates, mean over its runs
+    if "drop_rate" in multi:
+        schedules = (
+            multi.drop_duplicates("run").groupby(keys, sort=False)[["drop_rate", "gates"]].mean()
+        )
+        overall = overall.merge(schedules.reset_index(), on=keys, how="left")
 
-    per_task = sort_groups(per_task.drop(columns=["mtl_mean"]))
+    per_task = sort_groups(per_task)
     missing = per_task.loc[per_task["stl_mean"].isna(), ["backbone", "task"]].drop_duplicates()
     seeds = multi.drop_duplicates("run").groupby([*keys, "seed"], dropna=False).size()
     repeated = seeds[seeds > 1].reset_index(name="runs")
     return Comparison(
         per_task=per_task.drop(columns=["stl_mean"]),
-        overall=sort_groups(overall.drop(columns=["mtl_mean"])),
+        overall=sort_groups(overall),
         stl=stl,
         missing_stl=missing.reset_index(drop=True),
         repeated_seeds=repeated,

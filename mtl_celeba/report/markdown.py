@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mtl_celeba.report.compare import GROUP_KEYS, Comparison, sort_groups
+from mtl_celeba.report.compare import CONTEXT_KEYS, GROUP_KEYS, Comparison, sort_groups
 from mtl_celeba.report.runs import natural_key
 from mtl_celeba.report.statistics import (
     ALPHA,
     MIN_PAIRS,
+    NOT_TESTABLE,
+    REFERENCE_MODE_WORDS,
     Statistics,
     context_keys,
 )
@@ -28,6 +30,8 @@ from mtl_celeba.scheduling.names import BASELINE
 ENTRY_POINTS = {"train": "mtl-train", "evaluate": "mtl-eval"}
 #: Shown in tables where a value cannot be computed (no MTL or STL reference, a single seed).
 NOT_AVAILABLE = "n/a"
+#: Every Delta_m% column says which way is better (the CelebA-40 literature's convention).
+DELTA_M = "Δm% (lower is better)"
 
 
 # --------------------------------------------------------------------------- markdown
@@ -55,10 +59,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return cells.to_markdown(index=False, disable_numparse=True)
 
 
-def summary_table(comparison: Comparison) -> pd.DataFrame:
-    """One line per configuration: the mean over tasks, its gain over MTL and Delta_m% vs STL."""
+def drop_cell(row: pd.Series) -> str:
+    """``12.5% of 24 gates``: a gating strategy's realised drop rate, mean over its runs."""
+    rate = row.get("drop_rate", np.nan)
+    if pd.isna(rate):
+        return ""
+    gates = row.get("gates", np.nan)
+    drawn = "per step" if pd.isna(gates) else f"of {gates:g} gates"
+    return f"{100 * rate:.1f}% {drawn}"
+
+
+def summary_table(comparison: Comparison, statistics: Statistics | None = None) -> pd.DataFrame:
+    """One line per configuration: the mean over tasks, its paired gain over MTL, Delta_m% vs
+    STL (lower is better), its mean rank and, for gating strategies, the realised drop rate."""
     overall = comparison.overall
-    return pd.DataFrame(
+    if statistics is not None and not overall.empty:
+        keys = [*GROUP_KEYS, "configuration"]
+        extra = statistics.overall[[*keys, "mean_rank", "ranked_among"]]
+        overall = overall.merge(extra, on=keys, how="left")
+    table = pd.DataFrame(
         {
             "configuration": overall["configuration"],
             "backbone": overall["backbone"],
@@ -67,10 +86,20 @@ def summary_table(comparison: Comparison) -> pd.DataFrame:
             "mean": [
                 _mean_pm_std(m, s) for m, s in zip(overall["mean"], overall["std"], strict=True)
             ],
-            "gain vs MTL": overall["gain_mtl"].map(_gain),
-            "Δm% vs STL": overall["delta_m"].map(_signed),
+            "gain vs MTL (paired)": overall["gain_mtl"].map(_gain),
+            DELTA_M: overall["delta_m"].map(_signed),
         }
     )
+    if "mean_rank" in overall:
+        table["mean rank"] = [
+            NOT_AVAILABLE if pd.isna(r) else f"{r:.2f} of {k:g}"
+            for r, k in zip(overall["mean_rank"], overall["ranked_among"], strict=True)
+        ]
+    if "drop_rate" in overall and overall["drop_rate"].notna().any():
+        table["dropped"] = [drop_cell(row) for _, row in overall.iterrows()]
+    if "scale" in overall and overall["scale"].nunique() > 1:
+        table.insert(3, "scale", overall["scale"])
+    return table
 
 
 def _section_tables(
@@ -102,25 +131,29 @@ def _section_tables(
     gain_mtl = by_task(["gain_mtl"], _gain)
     gain_mtl["mean over tasks"] = overall["gain_mtl"].map(_gain).to_numpy()
     gain_stl = by_task(["gain_stl"], _gain)
-    gain_stl["Δm% vs STL"] = overall["delta_m"].map(_signed).to_numpy()
+    gain_stl[DELTA_M] = overall["delta_m"].map(_signed).to_numpy()
     return [
         markdown_table(values.rename_axis("configuration").reset_index()),
-        "Gain over MTL (percentage points):\n\n"
+        "Gain over MTL (percentage points, mean of the paired differences over the seeds both ran):\n\n"
         + markdown_table(gain_mtl.rename_axis("configuration").reset_index()),
-        "Gain over STL (percentage points) and Δm% against STL:\n\n"
+        f"Gain over STL (percentage points, paired by seed where STL ran the seeds) and {DELTA_M} against STL:\n\n"
         + markdown_table(gain_stl.rename_axis("configuration").reset_index()),
     ]
 
 
 def stl_table(stl: pd.DataFrame) -> pd.DataFrame:
-    """The single-task reference as one row per task, one column per backbone."""
+    """The single-task reference as one row per task, one column per backbone (and scale)."""
     cells = stl.assign(
         cell=[
             _mean_pm_std(m, s) if pd.isna(n) else f"{_mean_pm_std(m, s)} (n={n:g})"
             for m, s, n in zip(stl["mean"], stl["std"], stl["n"], strict=True)
         ]
     )
-    table = cells.pivot(index="task", columns="backbone", values="cell").fillna(NOT_AVAILABLE)
+    if "scale" in cells and cells["scale"].nunique() > 1:
+        cells["column"] = cells["backbone"] + " · " + cells["scale"]
+    else:
+        cells["column"] = cells["backbone"]
+    table = cells.pivot(index="task", columns="column", values="cell").fillna(NOT_AVAILABLE)
     return table.rename_axis(columns=None).reset_index()
 
 
@@ -133,14 +166,17 @@ def comparison_notes(comparison: Comparison) -> list[str]:
             f"tasks, and Δm% for configurations that include them, are {NOT_AVAILABLE}."
         )
     overall = comparison.overall
-    for (backbone, attribute_set), group in overall.groupby(
-        ["backbone", "attribute_set"], sort=False
+    for (backbone, attribute_set, scale), group in overall.groupby(
+        ["backbone", "attribute_set", "scale"], sort=False
     ):
         if not (group["strategy"] == BASELINE).any():
             notes.append(
-                f"No MTL run for {backbone} · {attribute_set}: the gain over MTL is {NOT_AVAILABLE}."
+                f"No MTL run for {backbone} · {attribute_set} · {scale}: the gain over MTL is "
+                f"{NOT_AVAILABLE}."
             )
     for row in comparison.repeated_seeds.itertuples(index=False):
+        if pd.isna(row.seed):
+            continue
         notes.append(
             f"{row.configuration} · {row.backbone} · {row.attribute_set} has "
             f"{row.runs} runs with seed {row.seed}: runs that differ in other settings are averaged together."
@@ -148,34 +184,100 @@ def comparison_notes(comparison: Comparison) -> list[str]:
     return notes
 
 
+def seed_notes(
+    scores: pd.DataFrame, statistics: Statistics, repeats: pd.DataFrame | None = None
+) -> list[str]:
+    """Which seeds each number leaves out, by configuration: seeds without an MTL partner (not
+    run, failed or unfinished), seeds with a NaN or missing task, runs counted once."""
+    notes = []
+    multi = scores[(scores["strategy"] != "stl") & scores["seed"].notna()]
+    context = list(CONTEXT_KEYS)
+    for values, group in multi.groupby(context, sort=False, dropna=False):
+        seeds = group.groupby(["configuration", "strategy"], sort=False)["seed"].agg(
+            lambda s: set(s.astype(int))
+        )
+        mtl = set().union(*seeds[seeds.index.get_level_values("strategy") == BASELINE])
+        if not mtl:
+            continue
+        where = " · ".join(str(v) for v in values)
+        for (label, strategy), own in seeds.items():
+            if strategy == BASELINE:
+                continue
+            alone, without = sorted(own - mtl), sorted(mtl - own)
+            parts = []
+            if alone:
+                parts.append(
+                    f"seed{'s' if len(alone) > 1 else ''} {', '.join(map(str, alone))} without an MTL run"
+                )
+            if without:
+                parts.append(
+                    f"MTL seed{'s' if len(without) > 1 else ''} {', '.join(map(str, without))} "
+                    "without a run of it (not run, failed or unfinished)"
+                )
+            if parts:
+                notes.append(
+                    f"{label} · {where}: {'; '.join(parts)}: its gains, Δm% and rank use only "
+                    "the seeds it shares with MTL."
+                )
+    for row in statistics.overall.itertuples(index=False):
+        if isinstance(row.excluded, str) and row.excluded:
+            notes.append(
+                f"{row.configuration} · {row.backbone} · {row.scale}: {row.excluded}: left out of "
+                "its Δm% and of the paired tests of that task."
+            )
+    if repeats is not None:
+        for row in repeats.itertuples(index=False):
+            what = f"{row.configuration}" + (f" ({row.task})" if row.task else "")
+            notes.append(
+                f"{what} seed {int(row.seed)} was run twice (`{row.run}` repeats `{row.kept}`, "
+                "e.g. in two grids): counted once, the first run."
+            )
+    return notes
+
+
 # --------------------------------------------------------------------------- does it help?
 # The statistics come from mtl_celeba.report.statistics; these functions only lay them out.
 
 
-def _p_value(p: float) -> str:
+def _p_value(p: float, name: str = "p") -> str:
     """``p=0.004``, ``p<0.001``."""
-    return f"p={NOT_AVAILABLE}" if pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
+    if pd.isna(p):
+        return f"{name}={NOT_AVAILABLE}"
+    return f"{name}<0.001" if p < 0.001 else f"{name}={p:.3f}"
 
 
 def _difference_cell(row: pd.Series) -> str:
-    """``+0.41 [+0.12, +0.70] p=0.004 ▲``: paired difference to MTL in points, Holm-adjusted p."""
+    """``+0.41 [+0.12, +0.70] p=0.004 ▲ (sign-flip p=0.062)``: the paired difference to MTL
+    in points, the Holm-adjusted t-test p (which the mark uses) and the exact sign-flip p."""
     pairs = int(row["pairs"])
     if pairs < MIN_PAIRS:
         return f"{NOT_AVAILABLE} ({pairs} paired seed{'' if pairs == 1 else 's'})"
+    exact = _p_value(row["p_exact"], "sign-flip p")
+    if not row["testable"]:
+        return f"{_gain(row['diff'])}, {NOT_TESTABLE} ({exact})"
     mark = {"gain": " ▲", "loss": " ▼"}.get(row["significant"], "")
     return (
         f"{_gain(row['diff'])} [{_gain(row['ci_low'])}, {_gain(row['ci_high'])}] "
-        f"{_p_value(row['p_holm'])}{mark}"
+        f"{_p_value(row['p_holm'])}{mark} ({exact})"
     )
 
 
 def _delta_m_cell(row: pd.Series) -> str:
-    """Delta_m% ± the half-width of its 95% interval over seeds."""
+    """Delta_m% ± the half-width of its 95% interval, or n/a with the reason."""
+    reason = row.get("not_available")
+    if isinstance(reason, str) and reason:
+        return f"{NOT_AVAILABLE} ({reason})"
     if pd.isna(row["delta_m"]):
         return NOT_AVAILABLE
     if pd.isna(row["delta_m_low"]):
         return f"{row['delta_m']:+.2f} (1 seed)"
-    return f"{row['delta_m']:+.2f} ± {(row['delta_m_high'] - row['delta_m_low']) / 2:.2f}"
+    words = REFERENCE_MODE_WORDS.get(row["reference_mode"], "")
+    if row["reference_mode"] == "conditional" and row.get("reference_runs", 1) > 1:
+        words = ", conditional on the STL means"
+    half = (row["delta_m_high"] - row["delta_m_low"]) / 2
+    return (
+        f"{row['delta_m']:+.2f} ± {half:.2f}{words.replace(', ', ' (', 1) + ')' if words else ''}"
+    )
 
 
 def _rows_of(frame: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
@@ -183,20 +285,54 @@ def _rows_of(frame: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
     return frame.merge(pd.DataFrame([context]), on=list(context), how="inner")
 
 
-def help_section(statistics: Statistics, reference: str) -> list[str]:
-    """The "Does it help?" section: per context its sentences and a table of paired differences."""
+def dropped_nothing(label: str, drop_rate: float, gates: float) -> str | None:
+    """The sentence saying a gating strategy dropped no task-epoch (None if it dropped some)."""
+    if pd.isna(drop_rate) or drop_rate > 0:
+        return None
+    drawn = "" if pd.isna(gates) else f" (all {gates:g} gates drawn on)"
+    return (
+        f"{label} dropped nothing{drawn}: its difference to MTL is its loss normalisation "
+        "alone, not its dropping."
+    )
+
+
+def help_section(
+    statistics: Statistics, reference: str, schedules: pd.DataFrame | None = None
+) -> list[str]:
+    """The "Does it help?" section: per context its sentences and a table of paired differences.
+
+    ``schedules``: per configuration its mean ``drop_rate`` and ``gates`` (gating strategies).
+    """
     overall = sort_groups(statistics.overall)
     if overall.empty:
         return []
+    keys_all = [*GROUP_KEYS, "configuration"]
+    if schedules is not None:
+        overall = overall.merge(schedules, on=keys_all, how="left")
     lines = [
         "## Does it help?",
         "",
-        "Each configuration minus MTL run with the same seed, per task, in percentage points: "
-        f"mean over seeds [{100 * (1 - ALPHA):.0f}% t confidence interval], p = paired t-test "
-        "p-value, Holm-adjusted across the configuration's tasks; ▲ / ▼ a significant gain / "
-        f"loss at the {100 * ALPHA:.0f}% level after that correction. Δm% against {reference} "
-        "is computed per seed: mean ± the half-width of its 95% t interval over seeds. Mean "
-        "rank: per task the configurations of the section are ranked by their mean "
+        "Each configuration minus MTL run with the same seed, per task, in percentage points, on "
+        "the seeds both ran: mean over seeds "
+        f"[{100 * (1 - ALPHA):.0f}% t confidence interval], p = paired t-test p-value, "
+        "Holm-adjusted; sign-flip p = the exact paired sign-flip (permutation) p-value, "
+        "unadjusted, whose smallest possible value is 2/2^n with n seeds (0.25 with 3, 0.0625 "
+        "with 5): where it is far above the t-test's p, the t-test's significance rests on "
+        f"its normality assumption. ▲ / ▼ mark a Holm-adjusted t-test p below {ALPHA:g} "
+        "(a gain / a loss). Differences without spread (the same amount in every seed) are "
+        f"{NOT_TESTABLE.split(' (')[0]} and not marked.",
+        "",
+        "Holm's correction is per configuration: its family is that configuration's tested "
+        "tasks against MTL, not the configurations of the section.",
+        "",
+        f"{DELTA_M} against {reference}: Δm% = 100/T Σ_t (−1)^δ_t (M_t − M_STL,t) / M_STL,t "
+        "with δ_t = 1 for higher-is-better metrics, as FAMO, Nash-MTL and FairGrad write it: "
+        "negative is better than STL. It is taken per seed against STL's run with the same "
+        "seed where STL ran the seeds, so its 95% t interval (±) carries STL's own noise; "
+        "where STL ran other seeds, the interval is the delta method's over both; where STL "
+        "ran once per task, it is labelled conditional on that run. Over the full task set "
+        "only: a seed lacking a task, or a zero reference, gives n/a. Mean rank: per task "
+        "the configurations of the section are ranked by their paired difference to MTL "
         "(1 = best), then the ranks are averaged over tasks. A comparison needs at least "
         f"{MIN_PAIRS} paired seeds.",
         "",
@@ -208,6 +344,7 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
         sentences = _rows_of(statistics.sentences, context).set_index("configuration")["sentence"]
         tasks = list(dict.fromkeys(paired["task"]))
         cells = {(r["configuration"], r["task"]): _difference_cell(r) for _, r in paired.iterrows()}
+        gating = "drop_rate" in configurations and configurations["drop_rate"].notna().any()
         table = pd.DataFrame(
             [
                 {
@@ -219,8 +356,11 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
                         else cells.get((row["configuration"], task), NOT_AVAILABLE)
                         for task in tasks
                     },
-                    "Δm% vs STL": _delta_m_cell(row),
-                    "mean rank": f"{row['mean_rank']:.2f} of {row['ranked_among']:g}",
+                    DELTA_M: _delta_m_cell(row),
+                    "mean rank": NOT_AVAILABLE
+                    if pd.isna(row["mean_rank"])
+                    else f"{row['mean_rank']:.2f} of {row['ranked_among']:g}",
+                    **({"dropped": drop_cell(row)} if gating else {}),
                 }
                 for _, row in configurations.iterrows()
             ]
@@ -228,7 +368,15 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
         # "-" marks a context that does not apply (e.g. no transfer setting): not shown
         title = " · ".join(str(v) for v in values if not pd.isna(v) and v != "-")
         lines += [f"### {title}", ""]
-        lines += [f"- {sentences[c]}" for c in configurations["configuration"] if c in sentences]
+        for _, row in configurations.iterrows():
+            label = row["configuration"]
+            if label in sentences:
+                lines.append(f"- {sentences[label]}")
+                nothing = dropped_nothing(
+                    label, row.get("drop_rate", np.nan), row.get("gates", np.nan)
+                )
+                if nothing:
+                    lines.append(f"  {nothing}")
         if sentences.empty:
             lines.append("No configuration besides MTL here: nothing to compare with MTL.")
         lines += ["", markdown_table(table), ""]
@@ -238,12 +386,22 @@ def help_section(statistics: Statistics, reference: str) -> list[str]:
 def statistics_table(statistics: Statistics) -> pd.DataFrame:
     """The statistics as ``report.csv`` columns: one row per configuration (fractions; Δm in %)."""
     overall = statistics.overall[
-        [*GROUP_KEYS, "seeds", "delta_m_low", "delta_m_high", "mean_rank"]
+        [*GROUP_KEYS, "seeds", "delta_m_low", "delta_m_high", "reference_mode", "mean_rank"]
     ].rename(columns={"delta_m_low": "delta_m_pct_ci_low", "delta_m_high": "delta_m_pct_ci_high"})
     paired = statistics.paired
     if paired.empty:
         return overall
-    values = ["pairs", "diff", "ci_low", "ci_high", "p", "p_holm", "significant"]
+    values = [
+        "pairs",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "p",
+        "p_exact",
+        "testable",
+        "p_holm",
+        "significant",
+    ]
     wide = paired.set_index([*GROUP_KEYS, "task"])[values].unstack("task")
     tasks = list(dict.fromkeys(paired["task"]))
     wide = wide[[(value, task) for task in tasks for value in values]]
@@ -270,7 +428,10 @@ class Header:
     def reference(self) -> str:
         """What Delta_m% and the gains over STL compare with, in words."""
         if self.reference_file is None:
-            return "the STL runs (their mean over seeds per backbone and task)"
+            return (
+                "the STL runs of the same backbone and scale (paired by seed where STL ran the "
+                "seed, else their mean over seeds per task)"
+            )
         return f"the external reference `{self.reference_file}` (--stl-reference)"
 
 
@@ -283,7 +444,7 @@ def data_description(scores: pd.DataFrame) -> str:
             f"`{root}`" for root in sorted(group["data_root"].dropna().astype(str).unique())
         )
         if source == "celeba":
-            text = f"full-scale protocol on real CelebA ({roots})"
+            text = f"real CelebA ({roots})"
         elif source == "synthetic":
             text = "synthetic CelebA (generated stand-in images: the numbers test the pipeline, not real faces)"
         else:
@@ -293,19 +454,16 @@ def data_description(scores: pd.DataFrame) -> str:
 
 
 def setup_description(scores: pd.DataFrame) -> str:
-    """The settings shared by the runs: image size, epochs, precision (each value if they differ)."""
+    """The scales of the runs in words (each with its run count if there are several)."""
     runs = scores.drop_duplicates("run")
-    parts = []
-    for column, name in (
-        ("experiment", "experiment"),
-        ("image_size", "image size"),
-        ("max_epochs", "max epochs"),
-        ("precision", "precision"),
-    ):
-        values = sorted(runs[column].dropna().astype(str).unique())
-        if values:
-            parts.append(f"{name} {' / '.join(values)}")
-    return ", ".join(parts) or "unknown"
+    if "scale" not in runs or runs.empty:
+        return "unknown"
+    counts = runs["scale"].value_counts(sort=False)
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return "; ".join(f"{scale} ({n} runs)" for scale, n in counts.items()) + (
+        ": reported in separate sections, never paired"
+    )
 
 
 def reproduce_commands(paths: Sequence[Path]) -> list[str]:
@@ -334,8 +492,9 @@ def render_markdown(
     plots: Sequence[str],
     out_dir: Path,
     statistics: Statistics | None = None,
+    schedules: pd.DataFrame | None = None,
 ) -> str:
-    """The whole ``report.md``."""
+    """The whole ``report.md`` (``schedules``: per configuration the realised drop rate)."""
     metric = header.metric.replace("_", " ")
     lines = [
         "# Multi-task CelebA report",
@@ -350,7 +509,9 @@ def render_markdown(
     lines += [f"- **Reproduce:** `{command}`" for command in header.commands]
     lines += [
         f"- **Metric:** test {metric} in %, mean ± std over seeds (n runs); gains in percentage "
-        "points; Δm% = 100/T Σ_t (M_t − M_STL,t) / M_STL,t (the sign flips for lower-is-better metrics).",
+        "points, paired by seed; Δm% = 100/T Σ_t (−1)^δ_t (M_t − M_STL,t) / M_STL,t with "
+        "δ_t = 1 for higher-is-better metrics: **lower is better** (the convention of FAMO, "
+        "Nash-MTL and FairGrad; LibMTL's Δp has the opposite sign).",
         f"- **Single-task reference (STL):** {header.reference}.",
         "- **Paired runs:** runs are paired by seed: every strategy run with the same seed sees the "
         "same training batches in the same order with the same augmentation, so each "
@@ -361,18 +522,36 @@ def render_markdown(
         "",
     ]
     if statistics is not None:
-        lines += help_section(statistics, header.reference)
+        lines += help_section(statistics, header.reference, schedules)
     if not comparison.overall.empty:
-        lines += ["## Summary", "", markdown_table(summary_table(comparison)), ""]
-    majority = scores.groupby(["backbone", "attribute_set", "task"])["majority_accuracy"].mean()
-    for (backbone, attribute_set), overall in comparison.overall.groupby(
-        ["backbone", "attribute_set"], sort=False
+        lines += [
+            "## Summary",
+            "",
+            markdown_table(summary_table(comparison, statistics)),
+            "",
+        ]
+    majority = scores.groupby(["scale", "backbone", "attribute_set", "task"])[
+        "majority_accuracy"
+    ].mean()
+    for (scale, backbone, attribute_set), overall in comparison.overall.groupby(
+        ["scale", "backbone", "attribute_set"], sort=False
     ):
-        in_section = (comparison.per_task["backbone"] == backbone) & (
-            comparison.per_task["attribute_set"] == attribute_set
+        in_section = (
+            (comparison.per_task["backbone"] == backbone)
+            & (comparison.per_task["attribute_set"] == attribute_set)
+            & (comparison.per_task["scale"] == scale)
         )
-        reference = majority.loc[(backbone, attribute_set)] if header.metric == "accuracy" else None
-        lines += [f"## {backbone} · {attribute_set}", "", f"Test {metric} (%):", ""]
+        reference = (
+            majority.loc[(scale, backbone, attribute_set)] if header.metric == "accuracy" else None
+        )
+        lines += [
+            f"## {backbone} · {attribute_set} · {scale}",
+            "",
+            f"Setup: {scale}.",
+            "",
+            f"Test {metric} (%):",
+            "",
+        ]
         for table in _section_tables(comparison.per_task[in_section], overall, reference):
             lines += [table, ""]
     if not comparison.stl.empty:

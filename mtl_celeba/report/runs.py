@@ -88,6 +88,83 @@ def configuration_label(strategy: str, drop_metrics: str, transfer: str = "-") -
     return label if transfer == "-" else f"{label} · {transfer}"
 
 
+#: Overrides the report already groups by (or that change how fast, not what, a run trains):
+#: everything else a job overrides outside its strategy is part of its scale label.
+GROUPED_OVERRIDES = (
+    "strategy", "seed", "model", "attributes", "experiment", "hydra", "data", "trainer",
+    "callbacks", "paths", "logger", "resume", "test", "debug",
+    "data.source", "data.root", "data.num_images", "data.image_size", "data.label_noise",
+    "data.attributes", "data.num_workers", "data.pipeline", "data.device_cache",
+    "data.cache_dir", "data.cache_workers", "data.pin_memory", "data.check_images",
+    "data.eval_batch_size", "trainer.max_epochs", "trainer.precision", "trainer.accelerator",
+    "trainer.devices", "trainer.enable_progress_bar", "model.backbone", "model.weights",
+    "model.freeze",
+)  # fmt: skip
+
+
+def experiment_overrides(run_dir: Path) -> str:
+    """The job's overrides that change the experiment but are neither its strategy, seed,
+    backbone, attribute set nor a setting the scale label names already ('' if none)."""
+    path = run_dir / OVERRIDES_YAML
+    if not path.is_file():
+        return ""
+    try:
+        overrides = [str(o) for o in OmegaConf.load(path)]
+    except Exception:  # an unreadable record only costs this part of the label
+        return ""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in GROUPED_OVERRIDES or key.split(".", 1)[0] in (
+            "strategy",
+            "hydra",
+            "paths",
+            "logger",
+        ):
+            continue
+        if key.startswith("callbacks."):
+            continue
+        kept.append(override.lstrip("+"))
+    return " ".join(sorted(kept))
+
+
+#: Precision as the scale label says it.
+PRECISION_WORDS = {
+    "32": "fp32", "32-true": "fp32", "16-mixed": "fp16 mixed", "bf16-mixed": "bf16 mixed",
+    "bf16-true": "bf16", "16-true": "fp16", "64": "fp64", "64-true": "fp64",
+}  # fmt: skip
+
+
+def scale_label(config: RunConfig, samples: dict[str, Any] | None, overrides: str = "") -> str:
+    """The run's scale in words, e.g. ``synthetic CelebA, 800 images (643 train), 32 px, 3 epochs,
+    fp32``: runs that differ in it are reported in separate sections, never paired."""
+    samples = samples or {}
+    train = samples.get("train")
+    total = sum(int(v) for v in samples.values()) if samples else config.num_images
+    if config.data_source == "synthetic":
+        data = "synthetic CelebA"
+        if total is not None:
+            data += f", {int(total):,} images"
+            data += f" ({int(train):,} train)" if train is not None else ""
+    elif config.data_source == "celeba":
+        data = "real CelebA" + (f", {int(train):,} train" if train is not None else "")
+    else:
+        data = f"data source {config.data_source}"
+    parts = [data]
+    if config.image_size is not None:
+        parts.append(f"{config.image_size} px")
+    if config.max_epochs is not None:
+        parts.append(f"{config.max_epochs} epochs")
+    if config.precision is not None:
+        parts.append(PRECISION_WORDS.get(str(config.precision), str(config.precision)))
+    noise = config.label_noise
+    if noise is not None and noise not in ("0", "0.0", "None"):
+        parts.append(f"label noise {noise}")
+    if overrides:
+        parts.append(f"with {overrides}")
+    return ", ".join(parts)
+
+
 def _overrides(run_dir: Path) -> str:
     """The job's command-line overrides from Hydra's ``.hydra/overrides.yaml`` ('' if none)."""
     path = run_dir / OVERRIDES_YAML
@@ -121,6 +198,9 @@ def _run_rows(run_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
         "precision": config.precision,
         "experiment": config.experiment,
         "epochs_trained": results.get("epochs_trained"),
+        "scale": scale_label(config, results.get("samples"), experiment_overrides(run_dir)),
+        "test_images": (results.get("samples") or {}).get("test", np.nan),
+        **_schedule_columns(results.get("schedule"), len(results["test"]["per_task"])),
     }
     majority = results.get("majority_accuracy") or {}
     return [
@@ -132,6 +212,22 @@ def _run_rows(run_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for task, metrics in results["test"]["per_task"].items()
     ]
+
+
+def _schedule_columns(schedule: dict[str, Any] | None, tasks: int) -> dict[str, Any]:
+    """What a gating strategy did: ``drop_rate`` (share of task-epochs it dropped, realised),
+    ``gates`` (gates drawn: epochs x tasks, or NaN for per-step gates) and ``gate_every``."""
+    schedule = schedule or {}
+    realised = schedule.get("realised_drop_rate")
+    if not realised:
+        return {"drop_rate": np.nan, "gates": np.nan, "gate_every": None}
+    every = schedule.get("gate_every", "epoch")
+    epochs = schedule.get("epochs", np.nan)
+    return {
+        "drop_rate": float(np.mean(list(realised.values()))),
+        "gates": epochs * tasks if every == "epoch" else np.nan,
+        "gate_every": every,
+    }
 
 
 def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
@@ -162,8 +258,46 @@ def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
 RUN_COLUMNS = [
     "run", "strategy", "drop_metrics", "transfer", "configuration", "backbone", "attribute_set", "seed",
     "data_source", "data_root", "image_size", "max_epochs", "precision", "experiment",
-    "epochs_trained", "task", "majority_accuracy",
+    "epochs_trained", "scale", "test_images", "drop_rate", "gates", "gate_every", "task",
+    "majority_accuracy",
 ]  # fmt: skip
+
+#: What makes two runs the same job: a run repeating all of them (the same configuration and
+#: seed in two grids) is counted once.
+RUN_IDENTITY = (
+    "strategy", "drop_metrics", "transfer", "backbone", "attribute_set", "scale", "seed",
+)  # fmt: skip
+
+
+def drop_repeats(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the first run (in folder order) of each configuration and seed; returns (scores,
+    repeats) with ``repeats`` one row per run left out: ``run``, ``kept`` (the run counted),
+    ``configuration``, ``seed`` and, for STL, ``task``."""
+    columns = ["run", "kept", "configuration", "seed", "task"]
+    if scores.empty:
+        return scores, pd.DataFrame(columns=columns)
+    runs = scores.drop_duplicates("run")
+    # STL runs of one seed differ by their task; a seedless run is never a repeat
+    identity = [*RUN_IDENTITY, "stl_task"]
+    runs = runs.assign(
+        stl_task=[
+            ",".join(scores.loc[scores["run"] == run, "task"]) if strategy == "stl" else ""
+            for run, strategy in zip(runs["run"], runs["strategy"], strict=True)
+        ]
+    )
+    seeded = runs[runs["seed"].notna()]
+    first = seeded.groupby(identity, sort=False, dropna=False)["run"].transform("first")
+    repeated = seeded[seeded["run"] != first]
+    repeats = pd.DataFrame(
+        {
+            "run": repeated["run"],
+            "kept": first[repeated.index],
+            "configuration": repeated["configuration"],
+            "seed": repeated["seed"],
+            "task": repeated["stl_task"],
+        }
+    ).reset_index(drop=True)
+    return scores[~scores["run"].isin(set(repeats["run"]))].reset_index(drop=True), repeats
 
 
 def collect_runs(run_dirs: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -60,6 +60,10 @@ class RunConfig:
     image_size: int | None = None
     precision: str | None = None
     max_epochs: int | None = None
+    #: the synthetic data's image count (None for real CelebA, whose splits are fixed)
+    num_images: int | None = None
+    #: ``data.label_noise`` as written (a rate, or a named preset such as ``celeba``)
+    label_noise: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +91,10 @@ class RunConfig:
             seed=cfg.seed,
             precision=str(cfg.trainer.precision),
             max_epochs=cfg.trainer.max_epochs,
+            num_images=OmegaConf.select(cfg, "data.num_images", default=None)
+            if cfg.data.source == "synthetic"
+            else None,
+            label_noise=str(OmegaConf.select(cfg, "data.label_noise", default=0.0)),
         )
 
     @classmethod

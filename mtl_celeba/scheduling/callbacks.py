@@ -202,6 +202,7 @@ class DroppedScheduledTask(TaskGating):
         control: str | None = None,
         seed: int = 0,
         history_file: str | None = None,
+        drop: bool = True,
     ) -> None:
         super().__init__(gate_every)
         self.measurement_batches = _check_measurement_batches(measurement_batches)
@@ -217,6 +218,11 @@ class DroppedScheduledTask(TaskGating):
         }
         DSTSchedule([1], [1], **self.settings)  # fail fast on bad settings, before any data loads
         self.name = "dst" if control is None else f"dst_{control}"
+        #: False: ``dst_norm_only``, DST's L_0 loss normalisation with every task kept on
+        #: (the schedule is still computed and logged, its gates are not applied)
+        self.drop = drop
+        if not drop:
+            self.name = "dst_norm_only"
         self.history_file = history_file
         self.schedule: DSTSchedule | None = None
         self.history: list[dict[str, Any]] = []
@@ -312,10 +318,15 @@ class DroppedScheduledTask(TaskGating):
     # -- the per-epoch schedule
     def gates_for_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.schedule is not None
+        if not self.drop:
+            ones = np.ones(len(self.tasks))
+            return ones.astype(np.int64), ones
         return self.schedule.gates, self.schedule.probabilities
 
     def gates_for_step(self) -> np.ndarray:
         assert self.schedule is not None
+        if not self.drop:
+            return np.ones(len(self.tasks), dtype=np.int64)
         return self.schedule.draw()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

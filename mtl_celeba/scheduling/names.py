@@ -14,7 +14,7 @@ REFERENCE = "stl"
 #: field's methods (loss weighting, then gradient aggregation), STL (the reference) last.
 #: Strategies not listed here follow the listed methods alphabetically, before STL.
 STRATEGY_ORDER = (
-    BASELINE, "random_drop", "dst", "dst_shuffled", "dst_uniform",
+    BASELINE, "random_drop", "dst", "dst_shuffled", "dst_uniform", "dst_norm_only",
     "si", "rlw", "dwa", "uw", "gradnorm", "famo",
     "mgda", "pcgrad", "cagrad", "imtlg", "nashmtl", "alignedmtl", "upgrad",
     REFERENCE,
