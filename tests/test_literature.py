@@ -89,3 +89,23 @@ def test_published_values_go_beside_their_strategy(tmp_path):
 def test_the_command_line_takes_literature():
     args = report_parser().parse_args(["runs", "--literature", "famo_celeba40"])
     assert args.literature == "famo_celeba40"
+
+
+def test_the_famo_stl_companion_keeps_the_protocol_and_trains_each_attribute_alone():
+    """experiment=famo_celeba40_stl: famo_celeba40's settings, strategy stl, 40 one-task jobs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mtl_celeba.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        protocol = compose("train", overrides=["experiment=famo_celeba40"])
+        companion = compose(
+            "train", overrides=["experiment=famo_celeba40_stl"], return_hydra_config=True
+        )
+    for key in ("data", "model", "trainer", "callbacks"):
+        assert OmegaConf.to_container(companion[key]) == OmegaConf.to_container(protocol[key])
+    assert companion.strategy.name == "stl"
+    assert companion.hydra.sweeper.skip_completed is True
+    tasks = OmegaConf.to_container(companion.hydra.sweeper.params, resolve=True)["strategy.task"]
+    assert tasks.split(",") == list(CELEBA_ATTRIBUTES)
