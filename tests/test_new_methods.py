@@ -355,6 +355,30 @@ def test_graddrop_trains_heads_on_their_own_gradients_and_the_backbone_on_graddr
     strategy.teardown(None, None, "fit")
 
 
+def test_config_on_a_float32_gramian_stays_within_float32_precision():
+    """In training the Gramian is float32; the update then moves by float32 rounding only."""
+    jacobian = jacobian_for("conflicting", 8)
+    gramian32 = (jacobian.float() @ jacobian.float().T).float()
+    step = TaskStep(torch.ones(8), torch.ones(8), gramian32)
+    ours = ConFIG().weights(step).double() @ jacobian
+    assert relative(ours, config_from_the_paper(jacobian)) < 1e-4
+
+
+def test_gradvac_and_graddrop_continue_from_their_checkpointed_state():
+    jacobian = jacobian_for("random", 5)
+    first, second = GradVac(beta=0.5, seed=2), GradVac(beta=0.5, seed=99)
+    first.weights(step_for(jacobian))
+    second.load_state_dict(first.state_dict())
+    again = jacobian_for("conflicting", 5, seed=1)
+    assert torch.equal(first.weights(step_for(again)), second.weights(step_for(again)))
+    dropper, restored = GradDrop(seed=4), GradDrop(seed=5)
+    torch.rand(3, generator=dropper.generator)
+    restored.load_state_dict(dropper.state_dict())
+    assert torch.equal(
+        torch.rand(6, generator=dropper.generator), torch.rand(6, generator=restored.generator)
+    )
+
+
 # ------------------------------------------------------------------ end to end
 NEW_METHODS = ["fairgrad", "gradvac", "graddrop", "config", "dbmtl"]
 HIDDEN = ["data.hide_labels={Smiling: 0.99}", "data.hide_labels_seed=3"]

@@ -63,9 +63,11 @@ class GradVac(GramianWeighting):
         return weights
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rng_state": self.rng_state, "targets": self.targets}
+        targets = None if self.targets is None else self.targets.clone()
+        return {**super().state_dict(), "rng_state": self.rng_state.clone(), "targets": targets}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.rng_state = state_dict["rng_state"]
-        self.targets = state_dict["targets"]
+        self.rng_state = state_dict["rng_state"].clone()
+        targets = state_dict["targets"]
+        self.targets = None if targets is None else targets.clone()
