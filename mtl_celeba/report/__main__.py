@@ -36,6 +36,12 @@ def report_parser() -> argparse.ArgumentParser:
         help="single-task reference for Δm%% instead of STL runs: a CSV with columns task and "
         "the metric (fractions), optionally backbone",
     )
+    parser.add_argument(
+        "--literature",
+        metavar="NAME",
+        help="add the published Δm%% of each method beside the measured one, from a table "
+        "shipped with the package: famo_celeba40",
+    )
     return parser
 
 

@@ -24,6 +24,7 @@ from mtl_celeba.report.compare import (
     read_stl_reference,
     wide_table,
 )
+from mtl_celeba.report.literature import beside, read_literature
 from mtl_celeba.report.markdown import (
     Header,
     comparison_notes,
@@ -125,9 +126,12 @@ def write_report(
 def run_command(args: argparse.Namespace) -> None:
     """``mtl-report`` (parsed by :mod:`mtl_celeba.report.__main__`): write and summarise."""
     out_dir = args.out or args.sweep_dirs[0]
+    literature = read_literature(args.literature) if getattr(args, "literature", None) else None
     report, summary, failed = write_report(
         args.sweep_dirs, out_dir, args.metric, args.stl_reference
     )
+    if literature is not None:
+        summary = beside(summary, literature)
     if not summary.empty:
         print(summary.to_string(index=False))
     if not failed.empty:

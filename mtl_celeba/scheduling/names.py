@@ -17,5 +17,6 @@ STRATEGY_ORDER = (
     BASELINE, "random_drop", "dst", "dst_shuffled", "dst_uniform", "dst_norm_only",
     "si", "rlw", "dwa", "uw", "gradnorm", "famo",
     "mgda", "pcgrad", "cagrad", "imtlg", "nashmtl", "alignedmtl", "upgrad",
+    "fairgrad", "gradvac", "graddrop", "config", "dbmtl",
     REFERENCE,
 )  # fmt: skip
