@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torchvision
 from PIL import Image
+from scipy import stats
 
-from mtl_celeba.data import faces, synthetic
+from mtl_celeba.data import faces, label_model, synthetic
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES, CELEBA_POSITIVE_RATES
 from mtl_celeba.data.celeba import load_celeba
 from mtl_celeba.data.synthetic import (
@@ -286,12 +287,77 @@ def labels() -> dict[str, np.ndarray]:
     return dict(zip(CELEBA_ATTRIBUTES, sampled.T, strict=True))
 
 
-def test_positive_rates_are_near_celebas(labels: dict[str, np.ndarray]) -> None:
-    rates = {name: float(column.mean()) for name, column in labels.items()}
+def _real_statistics() -> tuple[np.ndarray, np.ndarray]:
+    """Real CelebA's rates and phi, from the package's copies of the real files."""
+    return label_model.read_positive_rates(), label_model.read_matrix(label_model.PHI_FILE)
+
+
+def test_the_shipped_statistics_are_celebas() -> None:
+    rates, phi = _real_statistics()
+    assert rates.tolist() == [CELEBA_POSITIVE_RATES[name] for name in CELEBA_ATTRIBUTES]
+    assert np.array_equal(phi, phi.T) and np.all(np.diag(phi) == 1.0)
+    assert np.abs(phi[np.triu_indices(40, 1)]).max() < 0.9
+
+
+def test_positive_rates_match_celebas(labels: dict[str, np.ndarray]) -> None:
+    rates, _ = _real_statistics()
+    got = np.array([labels[name].mean() for name in CELEBA_ATTRIBUTES])
     far = {
-        name: rate for name, rate in rates.items() if abs(rate - CELEBA_POSITIVE_RATES[name]) > 0.03
+        n: (g, r)
+        for n, g, r in zip(CELEBA_ATTRIBUTES, got, rates, strict=True)
+        if abs(g - r) > 0.01
     }
     assert not far
+
+
+def test_pairwise_phi_matches_celebas(labels: dict[str, np.ndarray]) -> None:
+    _, phi = _real_statistics()
+    got = np.corrcoef(np.stack([labels[name] for name in CELEBA_ATTRIBUTES]))
+    upper = np.triu_indices(40, 1)
+    assert len(upper[0]) == 780
+    real, sampled = phi[upper], got[upper]
+    pairs = [f"{CELEBA_ATTRIBUTES[i]}-{CELEBA_ATTRIBUTES[j]}" for i, j in zip(*upper, strict=True)]
+    far = {p: (r, s) for p, r, s in zip(pairs, real, sampled, strict=True) if abs(r - s) > 0.05}
+    assert not far
+    strong = np.abs(real) > 0.2
+    assert strong.sum() == 117
+    assert np.all(np.sign(sampled[strong]) == np.sign(real[strong]))
+
+
+def test_labels_are_deterministic_for_a_seed() -> None:
+    first = sample_labels(500, synthetic._stream(3, synthetic._LABELS))
+    assert np.array_equal(first, sample_labels(500, synthetic._stream(3, synthetic._LABELS)))
+    assert not np.array_equal(first, sample_labels(500, synthetic._stream(4, synthetic._LABELS)))
+
+
+def test_orthant_is_the_bivariate_normal() -> None:
+    for rate_a, rate_b, rho in [
+        (0.1, 0.3, 0.5),
+        (0.8, 0.02, -0.7),
+        (0.6, 0.7, 0.2),
+        (0.4, 0.05, 0.9),
+    ]:
+        h, k = stats.norm.ppf(rate_a), stats.norm.ppf(rate_b)
+        expected = stats.multivariate_normal.cdf([h, k], cov=[[1, rho], [rho, 1]])
+        got = label_model.orthant(np.array(rate_a), np.array(rate_b), np.array(rho))
+        assert float(got) == pytest.approx(expected, abs=1e-6)
+
+
+def test_nearest_correlation_repairs_an_impossible_matrix() -> None:
+    impossible = np.array([[1.0, -0.9, -0.9], [-0.9, 1.0, -0.9], [-0.9, -0.9, 1.0]])
+    repaired = label_model.nearest_correlation(impossible)
+    assert np.allclose(np.diag(repaired), 1.0) and np.linalg.eigvalsh(repaired).min() > 0
+    assert np.allclose(repaired[0, 1], -0.5, atol=0.01)  # three equal correlations: -1/2 at least
+    valid = np.array([[1.0, 0.3], [0.3, 1.0]])
+    assert np.allclose(label_model.nearest_correlation(valid), valid, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_shipped_copula_is_a_fresh_fit() -> None:
+    shipped_rates, shipped = label_model.read_copula()
+    fresh_rates, fresh = label_model.fit_copula(*_real_statistics())
+    assert np.abs(fresh_rates - shipped_rates).max() < 2e-3
+    assert np.abs(fresh - shipped).max() < 2e-2
 
 
 def test_labels_keep_celebas_constraints_and_correlations(labels: dict[str, np.ndarray]) -> None:

@@ -2,9 +2,9 @@
 
 No machine here can download CelebA, so the project writes a stand-in in CelebA's exact
 on-disk format (torchvision's layout) that the real-data reader, and torchvision's own
-``CelebA`` class, read unchanged. Labels come from a small latent model with CelebA's
-positive rates and main correlations; :mod:`mtl_celeba.data.faces` draws each face so
-its attributes are visible.
+``CelebA`` class, read unchanged. Labels come from a Gaussian copula with real CelebA's
+positive rates and pairwise phi (:mod:`mtl_celeba.data.label_model`);
+:mod:`mtl_celeba.data.faces` draws each face so its attributes are visible.
 
 Determinism: every random stream is keyed by (seed, purpose[, image index]) through
 NumPy's ``SeedSequence``, so the same seed gives byte-identical files whatever the number
@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mtl_celeba.data import faces
+from mtl_celeba.data import faces, label_model
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
 from mtl_celeba.data.build_lock import build_lock, partial_path, publish, remove_dead_partials
 from mtl_celeba.errors import ConfigError, DataError, exit_on_user_error
 from mtl_celeba.io import write_json_atomic
 
 #: Bumped whenever the labels or the pictures for a given seed change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Written last into a finished dataset folder; holds the settings it was made with.
 MARKER = "synthetic.json"
 #: CelebA's train / val / test sizes; the synthetic partition keeps their proportions.
@@ -64,105 +64,15 @@ def _stream(seed: int, *key: int) -> np.random.Generator:
 def sample_labels(num_images: int, rng: np.random.Generator) -> np.ndarray:
     """Draw CelebA-like attribute vectors: a (num_images, 40) bool array in CelebA's column order.
 
-    A small latent model: sex first, then age, hair, facial hair, make-up and expression
-    conditioned on it, with CelebA's main correlations built in (Male against lipstick and
-    make-up, Smiling with an open mouth and high cheekbones, at most one named hair colour,
-    Bald without hair texture or bangs, No_Beard exactly when there is no beard, goatee or
-    moustache, Young against grey hair and bags under the eyes).
+    A Gaussian copula fitted to real CelebA's positive rates and 40x40 phi matrix, with the
+    few rules a drawn face needs (:func:`mtl_celeba.data.label_model.drawable`).
     """
-    n = num_images
-
-    def chance(p: float | np.ndarray) -> np.ndarray:
-        return rng.random(n) < p
-
-    def pick(*cases: tuple[np.ndarray | bool, float | np.ndarray]) -> np.ndarray:
-        """Probability per image: the first case whose condition holds."""
-        p = np.zeros(n)
-        done = np.zeros(n, bool)
-        for condition, value in cases:
-            hit = np.asarray(condition) & ~done
-            p = np.where(hit, value, p)
-            done |= hit
-        return p
-
-    a: dict[str, np.ndarray] = {}
-    male = a["Male"] = chance(0.417)
-    female = ~male
-    young = a["Young"] = chance(np.where(male, 0.66, 0.85))
-    old = ~young
-
-    # hair: bald, else grey, else one of black/blond/brown or an unnamed colour
-    bald = a["Bald"] = chance(pick((male & old, 0.12), (male, 0.02), (True, 0.0)))
-    hair = ~bald
-    gray = a["Gray_Hair"] = hair & chance(np.where(old, 0.17, 0.005))
-    coloured = hair & ~gray
-    shares = np.where(
-        male[:, None], [0.27, 0.03, 0.19], [0.245, 0.25, 0.235]
-    )  # black, blond, brown
-    draw = rng.random(n)[:, None]
-    colour = (draw > np.cumsum(shares, axis=1)).sum(axis=1)  # 3 = unnamed colour
-    a["Black_Hair"] = coloured & (colour == 0)
-    a["Blond_Hair"] = coloured & (colour == 1)
-    a["Brown_Hair"] = coloured & (colour == 2)
-    texture = rng.random(n)
-    wavy_share = np.where(male, 0.19, 0.425)
-    a["Wavy_Hair"] = hair & (texture < wavy_share)
-    a["Straight_Hair"] = (
-        hair & (texture >= wavy_share) & (texture < wavy_share + np.where(male, 0.23, 0.2))
-    )
-    bangs = a["Bangs"] = hair & chance(np.where(male, 0.065, 0.22))
-    a["Receding_Hairline"] = (
-        hair & ~bangs & chance(pick((male & old, 0.28), (male, 0.08), (True, 0.05)))
-    )
-    a["Wearing_Hat"] = chance(0.048)
-
-    # facial hair, men only: goatee and moustache go together often; a full beard otherwise
-    goatee = a["Goatee"] = male & chance(0.151)
-    mustache = a["Mustache"] = male & chance(np.where(goatee, 0.35, 0.055))
-    full_beard = male & ~goatee & ~mustache & chance(0.247)
-    a["No_Beard"] = ~(goatee | mustache | full_beard)
-    a["5_o_Clock_Shadow"] = male & ~full_beard & chance(0.33)
-    a["Sideburns"] = male & chance(np.where(full_beard, 0.4, 0.065))
-
-    # make-up: almost only women
-    lipstick = a["Wearing_Lipstick"] = chance(np.where(male, 0.02, 0.79))
-    makeup = a["Heavy_Makeup"] = chance(pick((male, 0.003), (lipstick, 0.82), (True, 0.1)))
-    a["Rosy_Cheeks"] = chance(pick((male, 0.004), (makeup, 0.14), (True, 0.04)))
-
-    # expression
-    smiling = a["Smiling"] = chance(np.where(male, 0.43, 0.52))
-    a["Mouth_Slightly_Open"] = chance(np.where(smiling, 0.72, 0.26))
-    a["High_Cheekbones"] = chance(np.where(smiling, 0.8, 0.13))
-    a["Narrow_Eyes"] = chance(np.where(smiling, 0.15, 0.08))
-
-    # face and features
-    a["Arched_Eyebrows"] = chance(pick((male, 0.06), (makeup, 0.5), (True, 0.27)))
-    a["Bushy_Eyebrows"] = chance(np.where(male, 0.22, 0.085))
-    a["Bags_Under_Eyes"] = chance(0.112 + 0.3 * old + 0.06 * male)
-    a["Big_Lips"] = chance(np.where(male, 0.16, 0.3))
-    big_nose = a["Big_Nose"] = chance(np.where(male, 0.36, 0.12) + 0.05 * old)
-    a["Pointy_Nose"] = ~big_nose & chance(np.where(male, 0.25, 0.42))
-    a["Oval_Face"] = chance(np.where(male, 0.2, 0.34))
-    chubby = a["Chubby"] = chance(pick((male & old, 0.17), (male, 0.07), (old, 0.06), (True, 0.02)))
-    a["Double_Chin"] = chance(np.where(chubby, 0.45, 0.012 + 0.05 * old))
-    a["Pale_Skin"] = chance(np.where(male, 0.02, 0.06))
-    a["Attractive"] = chance(
-        pick((female & young, 0.75), (female, 0.3), (young, 0.35), (True, 0.1))
-    )
-    a["Eyeglasses"] = chance(pick((male & old, 0.15), (male, 0.07), (old, 0.08), (True, 0.03)))
-    a["Blurry"] = chance(0.051)
-
-    # accessories
-    a["Wearing_Earrings"] = chance(np.where(male, 0.02, 0.31))
-    a["Wearing_Necklace"] = chance(np.where(male, 0.005, 0.205))
-    a["Wearing_Necktie"] = chance(np.where(male, 0.17, 0.003))
-
-    return np.stack([a[name] for name in CELEBA_ATTRIBUTES], axis=1)
+    return label_model.sample_labels(num_images, rng)
 
 
 #: Per-attribute test accuracy (%) of LNets+ANet on real CelebA: Liu, Luo, Wang, Tang, "Deep
 #: Learning Face Attributes in the Wild", ICCV 2015 (arXiv:1411.7766), Table 1; mean 87.3.
-#: ``label_noise=celeba`` flips each attribute's labels at 1 - accuracy.
+#: ``label_noise=celeba`` flips each attribute so its labels have this accuracy and keep the rate.
 LNETS_ANET_ACCURACY: dict[str, float] = {
     "5_o_Clock_Shadow": 91, "Arched_Eyebrows": 79, "Attractive": 81, "Bags_Under_Eyes": 79,
     "Bald": 98, "Bangs": 95, "Big_Lips": 68, "Big_Nose": 78, "Black_Hair": 88,
@@ -175,27 +85,41 @@ LNETS_ANET_ACCURACY: dict[str, float] = {
     "Wearing_Lipstick": 93, "Wearing_Necklace": 71, "Wearing_Necktie": 93, "Young": 87,
 }  # fmt: skip
 
-#: Named label-noise settings: per-attribute flip rates in CelebA's column order.
-LABEL_NOISE_PRESETS: dict[str, tuple[float, ...]] = {
-    # A model that learns the drawn faces exactly would score the published accuracy.
-    "celeba": tuple(round(1 - LNETS_ANET_ACCURACY[name] / 100, 4) for name in CELEBA_ATTRIBUTES),
+#: Named label-noise settings: per-attribute (p01, p10) flip rates in CelebA's column order.
+#: ``celeba``: each attribute keeps CelebA's positive rate, and its labels are right at the
+#: published LNets+ANet accuracy (see :func:`mtl_celeba.data.label_model.flip_rates`).
+LABEL_NOISE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "celeba": tuple(
+        tuple(np.round(rates, 4).tolist())
+        for rates in label_model.flip_rates(
+            label_model.read_positive_rates(),
+            np.array([LNETS_ANET_ACCURACY[name] / 100 for name in CELEBA_ATTRIBUTES]),
+        )
+    ),
 }
 
 
-def label_noise_rates(label_noise: float | str) -> np.ndarray:
-    """The flip rate of each of the 40 attributes: one fraction for all, or a named preset's."""
+def label_noise_rates(label_noise: float | str) -> tuple[np.ndarray, np.ndarray]:
+    """Each of the 40 attributes' flip rates (p01: negative to positive, p10: positive to
+    negative): one fraction for all, or a named preset's."""
     if isinstance(label_noise, str):
-        return np.array(LABEL_NOISE_PRESETS[label_noise])
-    return np.full(len(CELEBA_ATTRIBUTES), float(label_noise))
+        p01, p10 = LABEL_NOISE_PRESETS[label_noise]
+        return np.array(p01), np.array(p10)
+    same = np.full(len(CELEBA_ATTRIBUTES), float(label_noise))
+    return same, same
 
 
 def add_label_noise(
     labels: np.ndarray, fraction: float | str, rng: np.random.Generator
 ) -> np.ndarray:
     """Flip each label independently (the picture keeps the truth): with probability ``fraction``,
-    or per attribute with a preset's rates (``"celeba"``; ``labels`` then has CelebA's 40 columns)."""
-    rates = fraction if not isinstance(fraction, str) else label_noise_rates(fraction)
-    return labels ^ (rng.random(labels.shape) < rates)
+    or per attribute and class with a preset's rates (``"celeba"``; ``labels`` then has CelebA's
+    40 columns)."""
+    draw = rng.random(labels.shape)
+    if not isinstance(fraction, str):
+        return labels ^ (draw < fraction)
+    p01, p10 = label_noise_rates(fraction)
+    return labels ^ (draw < np.where(labels, p10, p01))
 
 
 def partition_sizes(num_images: int) -> tuple[int, int, int]:
