@@ -7,6 +7,7 @@ config mistake then fails in about a second instead of after the 20-30 s imports
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +137,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str,
         callbacks = [*callbacks, EpochProgressBar()]
     loggers = instantiate_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    hparams["precision"] = str(trainer.precision)  # what Lightning runs: 16-mixed is bf16 on CPU
     for logger in loggers:
         logger.log_hyperparams({k: v for k, v in hparams.items() if v is not None})
         if isinstance(logger, TensorBoardLogger):
@@ -199,7 +201,7 @@ def summary_text(results: dict[str, Any], run_dir: Path) -> str:
     lines += [
         f"Run folder:  {run_dir}",
         f"Results:     {run_dir / RESULTS_FILE}",
-        f"TensorBoard: tensorboard --logdir {run_dir}",
+        f"TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir))}",
     ]
     return "\n".join(lines)
 

@@ -99,6 +99,9 @@ def devices(value: Any) -> bool:
     return False
 
 
+#: data.label_values (the keys of mtl_celeba.data.celeba.LABEL_VALUES, not imported: pandas)
+LABEL_VALUE_CHOICES = ("signed", "signed_0_missing", "binary")
+
 #: Lightning's accelerator names (``cuda`` and ``gpu`` are the same).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
@@ -152,6 +155,12 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("data.flip", boolean, "true or false", "data.flip=false"),
     Rule("data.pin_memory", boolean, "true or false", "data.pin_memory=false"),
     Rule("data.check_images", boolean, "true or false", "data.check_images=true"),
+    Rule(
+        "data.label_values",
+        one_of(*LABEL_VALUE_CHOICES),
+        f"one of {', '.join(LABEL_VALUE_CHOICES)}",
+        "data.label_values=signed",
+    ),
     Rule("data.hide_labels_seed", integer(0), "an integer >= 0", "data.hide_labels_seed=0"),
     Rule(
         "data.shuffle_seed",
