@@ -263,6 +263,7 @@ def run_cli(module: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.Com
         ("mtl_celeba.train", ["data.imagesize=32"], "Did you mean data.image_size?"),
         ("mtl_celeba.train", ["seed=-1"], "error: seed is -1"),
         ("mtl_celeba.evaluate", [], "error: mtl-eval needs a checkpoint"),
+        ("mtl_celeba.train", ["data.label_values=01"], "error: data.label_values is '01'"),
     ],
 )
 def test_cli_fails_fast_with_one_line(tmp_path, module, args, expected):
@@ -272,6 +273,16 @@ def test_cli_fails_fast_with_one_line(tmp_path, module, args, expected):
     assert expected in done.stderr
     assert done.stdout.strip().endswith("lightning imported: False"), "validated before importing"
     assert not (tmp_path / "run").exists(), "a config mistake leaves no run folder behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trainer_gpu_without_a_gpu_fails_in_the_preflight(tmp_path):
+    done = run_cli("mtl_celeba.train", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "trainer.accelerator is gpu (trainer=gpu) but no GPU is visible" in done.stderr
+    assert "use trainer=cpu" in done.stderr
+    assert not (tmp_path / "run").exists(), "no run folder left"
 
 
 # ------------------------------------------------------------------ labels (issue 22, item 1)

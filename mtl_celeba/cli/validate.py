@@ -243,9 +243,31 @@ def check_rules(cfg: DictConfig, rules: tuple[Rule, ...]) -> None:
             raise ConfigError(f"{rule.key} is {shown}: use {rule.need}, e.g. {rule.example}.")
 
 
+def check_gpu_available(cfg: DictConfig) -> None:
+    """``trainer.accelerator=gpu`` (or ``cuda``, as ``trainer=gpu`` sets) needs a visible GPU:
+    one line now, not Lightning's instantiate traceback after the data is prepared. Imports torch
+    only for such a config (a few seconds)."""
+    accelerator = lookup(cfg, "trainer.accelerator")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    mps = getattr(torch.backends, "mps", None)
+    if accelerator == "gpu" and mps is not None and mps.is_available():
+        return  # Lightning's gpu accelerator is MPS on Apple silicon
+    raise ConfigError(
+        f"trainer.accelerator is {accelerator} (trainer=gpu) but no GPU is visible here "
+        "(torch.cuda.is_available() is False): use trainer=cpu (or trainer.accelerator=auto), "
+        "or run where a CUDA GPU is visible."
+    )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Check ``mtl-train``'s config; raises :class:`ConfigError` naming the key and the fix."""
     check_rules(cfg, TRAIN_RULES)
+    check_gpu_available(cfg)
     epochs = (lookup(cfg, "trainer.min_epochs"), lookup(cfg, "trainer.max_epochs"))
     if isinstance(epochs[0], int) and epochs[0] > epochs[1]:
         raise ConfigError(
@@ -269,6 +291,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
             "(any .ckpt written by mtl-train)."
         )
     check_rules(cfg, EVAL_RULES)
+    check_gpu_available(cfg)
 
 
 #: ``mtl-predict``'s keys.
