@@ -7,6 +7,7 @@ config mistake then fails in about a second instead of after the 20-30 s imports
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,12 @@ from mtl_celeba.run.results import (
     format_table,
     results_table,
 )
-from mtl_celeba.run.resume import auto_resume_checkpoint, check_checkpoint, config_hash
+from mtl_celeba.run.resume import (
+    auto_resume_checkpoint,
+    check_checkpoint,
+    clear_earlier_attempt,
+    config_hash,
+)
 from mtl_celeba.scheduling.names import REFERENCE
 
 if TYPE_CHECKING:
@@ -74,7 +80,8 @@ def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
     max_epochs = cfg.trainer.max_epochs
     if resumed is not None:
         log.info(
-            "resume=auto: resuming %s from %s (%s of %s epochs done)",
+            "%s: resuming %s from %s (%s of %s epochs done)",
+            "resume=auto" if cfg.get("resume") == "auto" else "sweep rerun",
             resumed.parent.parent,
             resumed.name,
             info["epochs_done"],
@@ -92,6 +99,12 @@ def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
     resumed = auto_resume_checkpoint(cfg, run_dir)  # before metrics.json is rewritten below
+    if resumed is None and (run_dir / RESULTS_FILE).exists():
+        removed = clear_earlier_attempt(run_dir)  # a sweep job starting over in its old folder
+        if removed:
+            log.info(
+                "Starting %s over: removed the earlier attempt's %s", run_dir, ", ".join(removed)
+            )
     with RunRecord(run_dir, config_hash(cfg)) as record:
         results = record.results
         validate_train_config(cfg)  # fail fast: before the heavy imports
@@ -136,6 +149,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str,
         callbacks = [*callbacks, EpochProgressBar()]
     loggers = instantiate_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    hparams["precision"] = str(trainer.precision)  # what Lightning runs: 16-mixed is bf16 on CPU
     for logger in loggers:
         logger.log_hyperparams({k: v for k, v in hparams.items() if v is not None})
         if isinstance(logger, TensorBoardLogger):
@@ -199,7 +213,7 @@ def summary_text(results: dict[str, Any], run_dir: Path) -> str:
     lines += [
         f"Run folder:  {run_dir}",
         f"Results:     {run_dir / RESULTS_FILE}",
-        f"TensorBoard: tensorboard --logdir {run_dir}",
+        f"TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir))}",
     ]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -262,6 +263,7 @@ def run_cli(module: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.Com
         ("mtl_celeba.train", ["data.imagesize=32"], "Did you mean data.image_size?"),
         ("mtl_celeba.train", ["seed=-1"], "error: seed is -1"),
         ("mtl_celeba.evaluate", [], "error: mtl-eval needs a checkpoint"),
+        ("mtl_celeba.train", ["data.label_values=01"], "error: data.label_values is '01'"),
     ],
 )
 def test_cli_fails_fast_with_one_line(tmp_path, module, args, expected):
@@ -271,3 +273,169 @@ def test_cli_fails_fast_with_one_line(tmp_path, module, args, expected):
     assert expected in done.stderr
     assert done.stdout.strip().endswith("lightning imported: False"), "validated before importing"
     assert not (tmp_path / "run").exists(), "a config mistake leaves no run folder behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trainer_gpu_without_a_gpu_fails_in_the_preflight(tmp_path):
+    done = run_cli("mtl_celeba.train", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "trainer.accelerator is gpu (trainer=gpu) but no GPU is visible" in done.stderr
+    assert "use trainer=cpu" in done.stderr
+    assert not (tmp_path / "run").exists(), "no run folder left"
+
+
+# ------------------------------------------------------------------ labels (issue 22, item 1)
+
+
+def write_celeba_files(root: Path, labels: dict[str, list[int]], partition: list[int]) -> Path:
+    """A torchvision-layout CelebA of len(partition) images (no image files) with ``labels``."""
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    ids = [f"{i:06d}.jpg" for i in range(1, len(partition) + 1)]
+    rows = [
+        f"{image_id} " + " ".join(str(column[i]) for column in labels.values())
+        for i, image_id in enumerate(ids)
+    ]
+    attributes_file = folder / "list_attr_celeba.txt"
+    attributes_file.write_text(f"{len(ids)}\n{' '.join(labels)} \n" + "\n".join(rows) + "\n")
+    (folder / "list_eval_partition.txt").write_text(
+        "".join(f"{image_id} {split}\n" for image_id, split in zip(ids, partition, strict=True))
+    )
+    return attributes_file
+
+
+PARTITION = [0, 0, 0, 0, 1, 1, 2, 2]
+
+
+def test_a_zero_one_label_file_is_refused_naming_the_file_and_the_fix(tmp_path):
+    from mtl_celeba.data.celeba import load_celeba
+    from mtl_celeba.errors import DataError
+
+    path = write_celeba_files(tmp_path, {"Male": [0, 1, 0, 1, 0, 1, 0, 1]}, PARTITION)
+    with pytest.raises(DataError) as caught:
+        load_celeba(tmp_path, ["Male"], check_images=False)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert "0/1 labels" in message and "data.label_values=binary" in message
+    index = load_celeba(tmp_path, ["Male"], check_images=False, label_values="binary")
+    np.testing.assert_array_equal(index.labels[:, 0], [0, 1, 0, 1, 0, 1, 0, 1])
+
+
+def test_zero_as_missing_only_by_choice(tmp_path):
+    from mtl_celeba.data.celeba import load_celeba
+    from mtl_celeba.errors import DataError
+
+    write_celeba_files(tmp_path, {"Male": [-1, 1, 0, 1, -1, 1, -1, 1]}, PARTITION)
+    with pytest.raises(DataError, match=r"data\.label_values=signed_0_missing if 0 means missing"):
+        load_celeba(tmp_path, ["Male"], check_images=False)
+    index = load_celeba(tmp_path, ["Male"], check_images=False, label_values="signed_0_missing")
+    assert np.isnan(index.labels[2, 0]) and np.nansum(index.labels) == 4
+    with pytest.raises(DataError, match=r"data\.label_values=signed for CelebA's -1/1"):
+        load_celeba(tmp_path, ["Male"], check_images=False, label_values="binary")
+
+
+def test_label_values_is_checked_in_the_preflight():
+    assert "data.label_values is 'yes': use one of signed, signed_0_missing, binary" in (
+        train_error("data.label_values=yes")
+    )
+
+
+def test_label_value_choices_match_the_reader():
+    from mtl_celeba.cli.validate import LABEL_VALUE_CHOICES
+    from mtl_celeba.data.celeba import LABEL_VALUES
+
+    assert tuple(LABEL_VALUES) == LABEL_VALUE_CHOICES
+
+
+def test_each_task_needs_both_classes_in_train(tmp_path):
+    from mtl_celeba.data.celeba import load_celeba
+    from mtl_celeba.errors import DataError
+
+    path = write_celeba_files(
+        tmp_path,
+        {"Male": [-1, 1, -1, 1, 1, 1, 1, -1], "Bald": [-1, -1, -1, -1, 1, -1, 1, -1]},
+        PARTITION,
+    )
+    with pytest.raises(DataError) as caught:
+        load_celeba(tmp_path, ["Male", "Bald"], check_images=False)
+    message = str(caught.value)
+    assert str(path) in message and "attribute Bald has no positive label among the 4" in message
+    assert "drop it from data.attributes" in message
+
+
+def test_eval_splits_without_both_classes_warn_per_task_and_tiny_splits_once(tmp_path):
+    from mtl_celeba.data.datamodule import CelebADataModule
+
+    # val: Male all positive, test: Male all negative; Bald fine everywhere
+    write_celeba_files(
+        tmp_path,
+        {"Male": [-1, 1, -1, 1, 1, 1, -1, -1], "Bald": [-1, 1, -1, 1, -1, 1, 1, -1]},
+        PARTITION,
+    )
+    datamodule = CelebADataModule(
+        str(tmp_path), ["Male", "Bald"], pipeline="naive", check_images=False
+    )
+    with pytest.warns(UserWarning) as caught:
+        datamodule.setup()
+    messages = [str(w.message) for w in caught]
+    assert any("val split has no negative Male label" in m for m in messages)
+    assert any("test split has no positive Male label" in m for m in messages)
+    assert not any("Bald" in m for m in messages)
+    tiny = [m for m in messages if "Tiny evaluation splits" in m]
+    assert len(tiny) == 1 and "val 2, test 2 images, under 20" in tiny[0]
+
+
+def test_undefined_auroc_and_f1_are_nan_and_skipped_in_the_means():
+    from mtl_celeba.models.metrics import TaskMetrics
+    from mtl_celeba.run.results import format_table, results_table, split_results
+
+    metrics = TaskMetrics(2)
+    logits = torch.tensor([[2.0, 1.0], [-1.0, -2.0], [1.0, 0.5]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # task 2: no positive
+    metrics.update(logits, targets, torch.ones_like(targets, dtype=torch.bool))
+    values = {name: value.tolist() for name, value in metrics.compute().items()}
+    assert values["auroc"][0] == 1.0 and np.isnan(values["auroc"][1])
+    assert values["f1"][0] == 1.0 and np.isnan(values["f1"][1])
+    assert values["accuracy"] == [1.0, pytest.approx(1 / 3)]
+
+    split = split_results(["Male", "Bald"], values)
+    assert split["per_task"]["Bald"]["auroc"] is None and split["mean"]["auroc"] == 1.0
+    assert split["mean"]["accuracy"] == pytest.approx(2 / 3)
+    assert split["undefined"] == {"f1": 1, "auroc": 1}
+    text = format_table(results_table({"test": split}))
+    assert "n/a" in text and "left out of the means: f1 of 1, auroc of 1 task(s)" in text
+    assert split_results(["Bald"], {**values, "auroc": [float("nan")]})["mean"]["auroc"] is None
+
+
+# ------------------------------------------------------ records that say what ran (item 2)
+
+
+def test_attribute_set_is_the_preset_only_when_the_list_is_the_presets():
+    from mtl_celeba.data.attributes import ATTRIBUTE_PRESETS
+    from mtl_celeba.run.results import attribute_set_name
+
+    eight = list(ATTRIBUTE_PRESETS["assignment8"])
+    assert attribute_set_name("assignment8", eight) == "assignment8"
+    assert attribute_set_name("all40", list(ATTRIBUTE_PRESETS["all40"])) == "all40"
+    assert attribute_set_name("assignment8", ["Male", "Young"]) == "custom[Male,Young]"
+    assert attribute_set_name("assignment8", eight[::-1]).startswith("custom[Blond_Hair,")
+    assert attribute_set_name(None, ["Male"]) == "custom[Male]"
+    assert attribute_set_name("no_such_preset", ["Male"]) == "custom[Male]"
+
+
+def test_the_record_says_what_ran(compose_train, tmp_path):
+    """A custom list under the default preset is recorded as custom; 16-mixed on a CPU as bf16."""
+    from mtl_celeba.run.results import read_results
+    from mtl_celeba.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = compose_train(
+        ["data.attributes=[Male,Smiling]", "trainer.max_epochs=1", "trainer.precision=16-mixed"],
+        run_dir=run_dir,
+    )
+    train(cfg, run_dir)
+    record = read_results(run_dir)
+    assert record["status"] == "completed"
+    assert record["config"]["attribute_set"] == "custom[Male,Smiling]"
+    assert record["config"]["precision"] == "bf16-mixed"

@@ -25,7 +25,7 @@ EIGHT = list(ATTRIBUTE_PRESETS["assignment8"])
 
 
 def assert_index_matches(root: Path, fake, attributes=EIGHT) -> None:
-    index = load_celeba(root, attributes)
+    index = load_celeba(root, attributes, label_values="signed_0_missing")  # fakes write 0
     assert index.attributes == list(attributes)
     assert index.image_ids.tolist() == fake.image_ids
     assert index.labels.dtype == np.float32 and index.partition.dtype == np.int8
@@ -53,7 +53,7 @@ def test_kaggle_csv_with_empty_first_header_cell(tmp_path: Path, crlf: bool) -> 
     )
     assert fake.attributes_file.read_bytes().startswith(b",5_o_Clock_Shadow,")
     assert_index_matches(tmp_path, fake)
-    frame = read_attribute_file(fake.attributes_file)
+    frame = read_attribute_file(fake.attributes_file, "signed_0_missing")
     assert frame.index.name == "image_id" and list(frame.columns) == list(CELEBA_ATTRIBUTES)
 
 
@@ -76,7 +76,9 @@ def test_same_labels_in_every_layout(tmp_path: Path) -> None:
     indexes = []
     for layout in LAYOUTS:
         write_fake_celeba(tmp_path / layout, layout, seed=3, missing_labels=20)
-        indexes.append(load_celeba(tmp_path / layout, CELEBA_ATTRIBUTES))
+        indexes.append(
+            load_celeba(tmp_path / layout, CELEBA_ATTRIBUTES, label_values="signed_0_missing")
+        )
     first = indexes[0]
     assert np.isnan(first.labels).sum() == 20
     for other in indexes[1:]:
@@ -88,7 +90,7 @@ def test_same_labels_in_every_layout(tmp_path: Path) -> None:
 def test_label_values_txt(tmp_path: Path) -> None:
     path = tmp_path / "list_attr_celeba.txt"
     path.write_text("3\nBald Young \n000001.jpg -1  1\n000002.jpg  1  0\n000003.jpg  0 -1\n")
-    frame = read_attribute_file(path)
+    frame = read_attribute_file(path, "signed_0_missing")
     assert frame.index.tolist() == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert list(frame.columns) == ["Bald", "Young"]
     assert (frame.dtypes == np.float32).all()
@@ -102,7 +104,9 @@ def test_label_values_csv(tmp_path: Path) -> None:
         "image_id,Bald,Young\r\n000001.jpg,-1,1\r\n000002.jpg,1,\r\n000003.jpg,0,-1\r\n"
     )
     expected = np.array([[0, 1], [1, np.nan], [np.nan, 0]], dtype=np.float32)
-    np.testing.assert_array_equal(read_attribute_file(path).to_numpy(), expected)
+    np.testing.assert_array_equal(
+        read_attribute_file(path, "signed_0_missing").to_numpy(), expected
+    )
 
 
 def test_partition_files(tmp_path: Path) -> None:
@@ -118,7 +122,7 @@ def test_partition_files(tmp_path: Path) -> None:
 
 def test_splits_follow_partition_file(tmp_path: Path) -> None:
     fake = write_fake_celeba(tmp_path, "original", num_images=30, missing_labels=5)
-    index = load_celeba(tmp_path, EIGHT)
+    index = load_celeba(tmp_path, EIGHT, label_values="signed_0_missing")
     labels = fake.labels(EIGHT)
     seen = []
     for code, name in enumerate(("train", "val", "test")):
@@ -262,7 +266,7 @@ def test_torchvision_reads_the_same_labels(tmp_path: Path, monkeypatch: pytest.M
     # torchvision checks MD5 sums of the real files; its own tests patch the check out too
     monkeypatch.setattr(datasets.CelebA, "_check_integrity", lambda self: True)
     reference = datasets.CelebA(tmp_path, split="all", target_type="attr", download=False)
-    index = load_celeba(tmp_path, CELEBA_ATTRIBUTES)
+    index = load_celeba(tmp_path, CELEBA_ATTRIBUTES, label_values="signed_0_missing")
     assert [name for name in reference.attr_names if name] == list(CELEBA_ATTRIBUTES)
     assert list(reference.filename) == index.image_ids.tolist()
     labelled = ~np.isnan(index.labels)

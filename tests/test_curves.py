@@ -101,3 +101,44 @@ def test_logger_groups(compose_train) -> None:
     assert set(compose_train().logger) == {"tensorboard", "csv"}  # the default: both
     assert set(compose_train(["logger=tensorboard"]).logger) == {"tensorboard"}
     assert set(compose_train(["logger=csv"]).logger) == {"csv"}
+
+
+def test_accuracy_by_strategy_draws_the_majority_rate_and_no_error_bars_for_one_seed(
+    tmp_path, monkeypatch
+):
+    import pandas as pd
+    from matplotlib.collections import LineCollection
+
+    from mtl_celeba.report import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.update(figure=figure))
+    tasks = ["Male", "Bald"]
+    per_task = pd.DataFrame(
+        [
+            dict(
+                configuration=c, backbone="resnet18", attribute_set="a", task=t, mean=m, std=s, n=n
+            )
+            for c, n, s in (("dst", 1, float("nan")), ("mtl", 3, 0.02))
+            for t, m in zip(tasks, (0.8, 0.9), strict=True)
+        ]
+    )
+    overall = pd.DataFrame(
+        dict(configuration=["dst", "mtl"], backbone="resnet18", attribute_set="a",
+             mean=[0.85, 0.85], std=[float("nan"), 0.01], n=[1, 3])
+    )  # fmt: skip
+    stl = pd.DataFrame(columns=["backbone", "task", "mean", "std", "n"])
+    colours = plots.colours_for(["dst", "mtl", "stl"])
+    majority = {"Male": 0.6, "Bald": 0.97}
+    plots.plot_accuracy_by_strategy(
+        per_task, overall, stl, "accuracy", colours, tmp_path / "a.png", majority
+    )
+    (axis,) = drawn["figure"].axes
+    error_bars = [c for c in axis.containers if c.__class__.__name__ == "ErrorbarContainer"]
+    assert len(error_bars) == 1 and len(error_bars[0].lines[2][0].get_segments()) == 3
+    lines = [c for c in axis.collections if isinstance(c, LineCollection)]
+    majority_lines = [c for c in lines if c.get_label() == "majority class"]
+    assert majority_lines and [s[0][1] for s in majority_lines[0].get_segments()] == pytest.approx(
+        [60.0, 97.0, 78.5]
+    )
+    assert axis.get_ylim()[0] == 55.0 and "axis from 55" in axis.get_ylabel()

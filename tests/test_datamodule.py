@@ -30,7 +30,9 @@ def test_batches_hold_images_targets_and_mask(tmp_path, pipeline):
     fake = write_fake_celeba(
         tmp_path / "real", layout="original", num_images=40, missing_labels=6, crlf=True
     )
-    datamodule = make_datamodule(tmp_path / "real", tmp_path, pipeline=pipeline)
+    datamodule = make_datamodule(
+        tmp_path / "real", tmp_path, pipeline=pipeline, label_values="signed_0_missing"
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     images, targets, mask = next(iter(datamodule.val_dataloader()))

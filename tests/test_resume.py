@@ -173,3 +173,69 @@ def test_sigterm_stops_the_run_with_status_143_and_a_failed_metrics_json(synthet
     saved = json.loads((stopped / "metrics.json").read_text())
     assert saved["status"] == "failed" and "SIGTERM" in saved["error"]
     assert (stopped / "checkpoints" / "last.ckpt").is_file(), "resume=auto can continue it"
+
+
+def test_ctrl_c_is_recorded_as_interrupted_with_exit_130_and_how_to_resume(tmp_path, caplog):
+    from mtl_celeba.run.lifecycle import RunRecord
+
+    def lightning_style_exit() -> None:  # what Lightning raises after a Ctrl-C in fit
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    for name, work in (("plain", lambda: (_ for _ in ()).throw(KeyboardInterrupt)),
+                       ("lightning", lightning_style_exit)):  # fmt: skip
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        with pytest.raises(SystemExit) as caught, RunRecord(run_dir, "h"):
+            work()
+        assert caught.value.code == 130, name
+        saved = json.loads((run_dir / "metrics.json").read_text())
+        assert saved["status"] == "interrupted" and "Ctrl-C" in saved["error"], name
+        assert f"Interrupted: {run_dir} keeps" in caplog.text and "resume=auto" in caplog.text
+        caplog.clear()
+    # an interrupted run is one resume=auto continues
+    (tmp_path / "plain" / "checkpoints").mkdir()
+    (tmp_path / "plain" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert find_resumable_run(tmp_path, "h") == tmp_path / "plain"
+
+
+def test_a_sweep_job_rerun_resumes_only_where_the_sweeper_skips_completed_jobs(tmp_path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from mtl_celeba.config import CONFIG_DIR
+
+    cfg = OmegaConf.create({"seed": 0, "resume": None, "ckpt_path": None})
+    run = fake_run(tmp_path, "0", config_hash(cfg), "running")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            for skip, expected in ((True, run / "checkpoints" / "last.ckpt"), (False, None)):
+                hydra_cfg = hydra_compose(
+                    "train",
+                    ["hydra.mode=MULTIRUN", f"hydra.sweeper.skip_completed={skip}"],
+                    return_hydra_config=True,
+                )
+                HydraConfig.instance().set_config(hydra_cfg)
+                assert auto_resume_checkpoint(cfg, run) == expected, skip
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+    assert auto_resume_checkpoint(cfg, run) is None, "a single run resumes only with resume=auto"
+
+
+def test_starting_over_removes_the_earlier_attempts_files(tmp_path):
+    from mtl_celeba.run.resume import clear_earlier_attempt
+
+    run = fake_run(tmp_path, "0", "h", "failed")
+    (run / "checkpoints" / "epoch001-acc0.5.ckpt").write_bytes(b"x")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    (run / "curves.png").write_bytes(b"x")
+    (run / ".hydra").mkdir()
+    assert clear_earlier_attempt(run) == ["checkpoints", "tensorboard", "curves.png"]
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "metrics.json"]

@@ -99,6 +99,9 @@ def devices(value: Any) -> bool:
     return False
 
 
+#: data.label_values (the keys of mtl_celeba.data.celeba.LABEL_VALUES, not imported: pandas)
+LABEL_VALUE_CHOICES = ("signed", "signed_0_missing", "binary")
+
 #: Lightning's accelerator names (``cuda`` and ``gpu`` are the same).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
@@ -152,6 +155,12 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("data.flip", boolean, "true or false", "data.flip=false"),
     Rule("data.pin_memory", boolean, "true or false", "data.pin_memory=false"),
     Rule("data.check_images", boolean, "true or false", "data.check_images=true"),
+    Rule(
+        "data.label_values",
+        one_of(*LABEL_VALUE_CHOICES),
+        f"one of {', '.join(LABEL_VALUE_CHOICES)}",
+        "data.label_values=signed",
+    ),
     Rule("data.hide_labels_seed", integer(0), "an integer >= 0", "data.hide_labels_seed=0"),
     Rule(
         "data.shuffle_seed",
@@ -234,9 +243,31 @@ def check_rules(cfg: DictConfig, rules: tuple[Rule, ...]) -> None:
             raise ConfigError(f"{rule.key} is {shown}: use {rule.need}, e.g. {rule.example}.")
 
 
+def check_gpu_available(cfg: DictConfig) -> None:
+    """``trainer.accelerator=gpu`` (or ``cuda``, as ``trainer=gpu`` sets) needs a visible GPU:
+    one line now, not Lightning's instantiate traceback after the data is prepared. Imports torch
+    only for such a config (a few seconds)."""
+    accelerator = lookup(cfg, "trainer.accelerator")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    mps = getattr(torch.backends, "mps", None)
+    if accelerator == "gpu" and mps is not None and mps.is_available():
+        return  # Lightning's gpu accelerator is MPS on Apple silicon
+    raise ConfigError(
+        f"trainer.accelerator is {accelerator} (trainer=gpu) but no GPU is visible here "
+        "(torch.cuda.is_available() is False): use trainer=cpu (or trainer.accelerator=auto), "
+        "or run where a CUDA GPU is visible."
+    )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Check ``mtl-train``'s config; raises :class:`ConfigError` naming the key and the fix."""
     check_rules(cfg, TRAIN_RULES)
+    check_gpu_available(cfg)
     epochs = (lookup(cfg, "trainer.min_epochs"), lookup(cfg, "trainer.max_epochs"))
     if isinstance(epochs[0], int) and epochs[0] > epochs[1]:
         raise ConfigError(
@@ -260,6 +291,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
             "(any .ckpt written by mtl-train)."
         )
     check_rules(cfg, EVAL_RULES)
+    check_gpu_available(cfg)
 
 
 #: ``mtl-predict``'s keys.

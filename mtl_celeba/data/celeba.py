@@ -9,9 +9,12 @@ The layouts, detected from what is in the root folder:
 - ``kaggle`` (the CSV copy): ``ROOT/list_attr_celeba.csv``, ``ROOT/list_eval_partition.csv``,
   images in ``ROOT/img_align_celeba/img_align_celeba/`` (or un-nested ``ROOT/img_align_celeba/``).
 
-Labels -1/1 become 0.0/1.0; a label written as 0 or left empty is missing (NaN), so partially
-annotated copies work and the loss and metrics mask those entries. Anything wrong with the
-files ends in one :class:`DataError` sentence that names the file and the fix.
+Labels -1/1 become 0.0/1.0 and an empty label is missing (NaN), so partially annotated copies
+work and the loss and metrics mask those entries. A 0 is refused unless ``data.label_values``
+says what it means (:data:`LABEL_VALUES`): ``signed_0_missing`` reads it as missing,
+``binary`` reads a 0/1 re-export. Every task needs both classes among the training images.
+Anything wrong with the files ends in one :class:`DataError` sentence that names the file and
+the fix.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from mtl_celeba.errors import DataError
 
 #: Partition codes in ``list_eval_partition``, by split name.
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+
+#: ``data.label_values``: what each value in the attribute file means (1.0 positive, 0.0
+#: negative, NaN missing). ``signed`` is CelebA's own -1/1.
+LABEL_VALUES: dict[str, dict[int, float]] = {
+    "signed": {-1: 0.0, 1: 1.0},
+    "signed_0_missing": {-1: 0.0, 0: np.nan, 1: 1.0},
+    "binary": {0: 0.0, 1: 1.0},
+}
 
 #: How many example names an error message lists.
 EXAMPLES = 5
@@ -231,13 +242,18 @@ def _checked_values(path: Path, frame: pd.DataFrame, allowed: Sequence[int]) -> 
     return values
 
 
-def read_attribute_file(path: str | Path) -> pd.DataFrame:
+def read_attribute_file(path: str | Path, label_values: str = "signed") -> pd.DataFrame:
     """Read ``list_attr_celeba.txt`` or Kaggle's ``list_attr_celeba.csv``.
 
     Returns one row per image (index ``image_id``, in file order) and one float32 column per
-    attribute in the file: 1.0 positive (file value 1), 0.0 negative (-1), NaN missing
-    (0 or empty). The txt file's count line must match its rows.
+    attribute in the file: 1.0 positive, 0.0 negative, NaN missing (empty, or what
+    ``label_values`` maps to NaN; see :data:`LABEL_VALUES`). The txt file's count line must
+    match its rows.
     """
+    if label_values not in LABEL_VALUES:
+        raise DataError(
+            f"data.label_values is {label_values!r}: use one of {', '.join(LABEL_VALUES)}."
+        )
     path = Path(path)
     if path.suffix.lower() == ".csv":
         header = _read_header_lines(path, 1)[0]
@@ -263,12 +279,44 @@ def read_attribute_file(path: str | Path) -> pd.DataFrame:
         if short.any():  # whitespace-separated rows cannot hold an empty value, only a short row
             raise DataError(
                 f"{path} has a row with fewer values than the header names, for image "
-                f"{rows.iat[int(np.argmax(short)), 0]}; write 0 for a missing label."
+                f"{rows.iat[int(np.argmax(short)), 0]}: write 0 for a missing label and set "
+                "data.label_values=signed_0_missing."
             )
     frame = _index_by_image_id(path, rows, names)
+    meaning = LABEL_VALUES[label_values]
     values = _checked_values(path, frame, (-1, 0, 1))
-    labels = np.where(values == 1, 1.0, np.where(values == -1, 0.0, np.nan)).astype(np.float32)
+    _check_label_values(path, frame, values, label_values)
+    labels = np.full(values.shape, np.nan, dtype=np.float32)
+    for value, label in meaning.items():
+        labels[values == value] = label
     return pd.DataFrame(labels, index=frame.index, columns=frame.columns)
+
+
+def _check_label_values(
+    path: Path, frame: pd.DataFrame, values: np.ndarray, label_values: str
+) -> None:
+    """Refuse a value ``label_values`` gives no meaning to, naming the setting that would."""
+    allowed = LABEL_VALUES[label_values]
+    has_zero, has_minus = bool((values == 0).any()), bool((values == -1).any())
+    if has_zero and 0 not in allowed:
+        row, column = np.argwhere(values == 0)[0]
+        where = f"(e.g. image {frame.index[row]}, column {frame.columns[column]})"
+        if not has_minus:
+            raise DataError(
+                f"{path} holds 0/1 labels {where}, but CelebA's attribute files hold -1/1: "
+                "set data.label_values=binary to read 0 as negative."
+            )
+        raise DataError(
+            f"{path} holds 0 labels {where} besides CelebA's -1/1: set "
+            "data.label_values=signed_0_missing if 0 means missing, or fix those rows."
+        )
+    if has_minus and -1 not in allowed:
+        row, column = np.argwhere(values == -1)[0]
+        raise DataError(
+            f"{path} holds -1 labels (e.g. image {frame.index[row]}, column "
+            f"{frame.columns[column]}) but data.label_values=binary expects 0/1: set "
+            "data.label_values=signed for CelebA's -1/1."
+        )
 
 
 def read_partition_file(path: str | Path) -> pd.Series:
@@ -322,17 +370,35 @@ def _check_images_exist(image_dir: Path, image_ids: np.ndarray) -> None:
         )
 
 
+def _check_both_classes(path: Path, attributes: Sequence[str], train_labels: np.ndarray) -> None:
+    """Raise naming the first task whose training labels lack a class."""
+    for column, name in enumerate(attributes):
+        labels = train_labels[:, column]
+        for value, kind in ((1.0, "positive"), (0.0, "negative")):
+            if not (labels == value).any():
+                raise DataError(
+                    f"{path}: attribute {name} has no {kind} label among the "
+                    f"{len(labels)} training images, so it cannot be learnt: drop it from "
+                    "data.attributes or use more images (data.num_images for synthetic data)."
+                )
+
+
 def load_celeba(
-    root: str | Path, attributes: Sequence[str], check_images: bool = True
+    root: str | Path,
+    attributes: Sequence[str],
+    check_images: bool = True,
+    label_values: str = "signed",
 ) -> CelebAIndex:
     """Find the layout under ``root`` and read the chosen attributes' labels and the splits.
 
     ``attributes`` are checked against CelebA's 40 names (key ``data.attributes``) and kept in
-    the order given. With ``check_images`` every listed image must be in the image folder.
+    the order given; each needs both classes among the training images. With
+    ``check_images`` every listed image must be in the image folder. ``label_values`` says
+    what the file's values mean (:data:`LABEL_VALUES`).
     """
     attributes = resolve_attributes(attributes, key="data.attributes")
     layout = find_layout(root)
-    labels = read_attribute_file(layout.attributes_file)
+    labels = read_attribute_file(layout.attributes_file, label_values)
     absent = [name for name in attributes if name not in labels.columns]
     if absent:
         raise DataError(
@@ -344,10 +410,9 @@ def load_celeba(
     image_ids = labels.index.to_numpy(dtype=str)
     if check_images:
         _check_images_exist(layout.image_dir, image_ids)
+    chosen = labels[attributes].to_numpy(dtype=np.float32)
+    splits = partition.reindex(labels.index).to_numpy(dtype=np.int8)
+    _check_both_classes(layout.attributes_file, attributes, chosen[splits == SPLITS["train"]])
     return CelebAIndex(
-        layout=layout,
-        attributes=attributes,
-        image_ids=image_ids,
-        labels=labels[attributes].to_numpy(dtype=np.float32),
-        partition=partition.reindex(labels.index).to_numpy(dtype=np.int8),
+        layout=layout, attributes=attributes, image_ids=image_ids, labels=chosen, partition=splits
     )

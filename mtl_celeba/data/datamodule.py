@@ -67,6 +67,10 @@ def hide_labels(
     return labels
 
 
+#: Under this many val or test images a run warns that its metrics are noise.
+MIN_EVAL_IMAGES = 20
+
+
 class CelebADataModule(L.LightningDataModule):
     """Train/val/test loaders for the chosen CelebA attributes.
 
@@ -102,6 +106,7 @@ class CelebADataModule(L.LightningDataModule):
         device_cache: bool = False,
         resize: str = "crop",
         normalize: bool = True,
+        label_values: str = "signed",
     ) -> None:
         super().__init__()
         check_choice(resize, "data.resize", RESIZE_MODES)
@@ -138,6 +143,7 @@ class CelebADataModule(L.LightningDataModule):
         self._device_splits: dict[str, DeviceBatches] = {}
         self.resize = resize
         self.normalize = normalize
+        self.label_values = label_values
         self.index: CelebAIndex | None = None
         self.datasets: dict[str, Dataset] = {}
         self.split_labels: dict[str, np.ndarray] = {}
@@ -174,11 +180,47 @@ class CelebADataModule(L.LightningDataModule):
             self.split_labels[split] = labels
             self.datasets[split] = self._dataset(split, image_ids, labels)
         rank_zero_info(self.summary())
+        for message in self.split_warnings():
+            rank_zero_warn(message)
+
+    def split_warnings(self) -> list[str]:
+        """One line per evaluation split and task without both classes, and one for tiny splits.
+
+        Such a task's AUROC and F1 are undefined there (recorded as n/a and left out of the
+        means); the training split's classes are checked when the labels are read.
+        """
+        messages = []
+        for split in ("val", "test"):
+            labels = self.split_labels[split]
+            for column, task in enumerate(self.attributes):
+                for value, kind in ((1.0, "positive"), (0.0, "negative")):
+                    if not (labels[:, column] == value).any():
+                        messages.append(
+                            f"The {split} split has no {kind} {task} label: its {split} AUROC "
+                            "and F1 are undefined (n/a) and left out of the means."
+                        )
+        tiny = {
+            split: len(self.split_labels[split])
+            for split in ("val", "test")
+            if len(self.split_labels[split]) < MIN_EVAL_IMAGES
+        }
+        if tiny:
+            sizes = ", ".join(f"{split} {count}" for split, count in tiny.items())
+            messages.append(
+                f"Tiny evaluation splits ({sizes} images, under {MIN_EVAL_IMAGES}): their "
+                "metrics are too noisy to compare runs; use more images."
+            )
+        return messages
 
     def _load_index(self) -> CelebAIndex:
         if self.source == "synthetic":
             ensure_synthetic_celeba(self.root, self.num_images, self.seed, self.label_noise)
-        return load_celeba(self.root, self.attributes, check_images=self.check_images)
+        return load_celeba(
+            self.root,
+            self.attributes,
+            check_images=self.check_images,
+            label_values=self.label_values,
+        )
 
     def _cached_images(self, index: CelebAIndex, split: str, image_ids: np.ndarray) -> np.ndarray:
         return load_or_build_cache(

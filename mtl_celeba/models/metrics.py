@@ -11,6 +11,7 @@ about 1.7 ms per step for 40 tasks on a CPU, as much as a fifth of a small step'
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,8 @@ class TaskMetrics(Metric):
     """Accuracy, balanced accuracy, F1 and AUROC for each of ``num_tasks`` binary tasks.
 
     A prediction is positive when its probability exceeds 0.5. Missing labels (``mask``
-    false) are ignored. AUROC is exact: an update stores the batch's probabilities (float32)
+    false) are ignored. What a task's labels cannot define is NaN: every metric without any
+    label, F1 without a positive, AUROC without both classes. AUROC is exact: an update stores the batch's probabilities (float32)
     and labels (int8), 5 bytes per sample and task until :meth:`reset`. Under DDP the
     counts are summed and the stored scores gathered over the ranks at :meth:`compute`.
     """
@@ -74,11 +76,15 @@ class TaskMetrics(Metric):
             (true_positive_rate + true_negative_rate) / 2,
             torch.where(positives > 0, true_positive_rate, true_negative_rate),
         )
+        nan = torch.tensor(float("nan"), device=tp.device)
+        labelled = (positives + negatives) > 0
         return {
-            "accuracy": (tp + tn) / (positives + negatives).clamp_min(1),
-            "balanced_accuracy": balanced,
-            "f1": 2 * tp / (2 * tp + fp + fn).clamp_min(1),
-            "auroc": self._auroc(),
+            "accuracy": torch.where(
+                labelled, (tp + tn) / (positives + negatives).clamp_min(1), nan
+            ),
+            "balanced_accuracy": torch.where(labelled, balanced, nan),
+            "f1": torch.where(positives > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), nan),
+            "auroc": torch.where(both_present, self._auroc(), nan),
         }
 
     def _wrap_compute(self, compute: Callable[[], dict[str, Tensor]]) -> Callable[[], Any]:
@@ -96,13 +102,15 @@ class TaskMetrics(Metric):
         # after a DDP sync the list states arrive concatenated into one tensor
         scores = torch.cat(scores) if isinstance(scores, list) else scores
         labels = torch.cat(labels) if isinstance(labels, list) else labels
-        auroc = multilabel_auroc(
-            scores,
-            labels.long(),
-            num_labels=self.num_tasks,
-            average="none",
-            ignore_index=_IGNORE,
-            validate_args=False,
-        )
+        with warnings.catch_warnings():  # a task without both classes: NaN in compute()
+            warnings.filterwarnings("ignore", message=".*(positive|negative) samples.*")
+            auroc = multilabel_auroc(
+                scores,
+                labels.long(),
+                num_labels=self.num_tasks,
+                average="none",
+                ignore_index=_IGNORE,
+                validate_args=False,
+            )
         # with a single task torchmetrics returns a squeezed result
         return auroc.float().reshape(-1)

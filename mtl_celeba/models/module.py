@@ -194,7 +194,7 @@ class MultiTaskModule(L.LightningModule):
                 for task, value in zip(self.tasks, values[name], strict=True)
             }
             self.log_dict(per_task)
-            self.log(f"{split}/{name}/mean", values[name].mean(), prog_bar=name == "accuracy")
+            self.log(f"{split}/{name}/mean", values[name].nanmean(), prog_bar=name == "accuracy")
         self.results[split] = {name: values[name].tolist() for name in METRIC_NAMES}
 
     def on_train_epoch_end(self) -> None:

@@ -10,7 +10,7 @@ no global figure state, so the report runs on headless nodes and inside sweeps.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +57,22 @@ def plot_accuracy_by_strategy(
     metric: str,
     colours: dict[str, Any],
     path: Path,
+    majority: Mapping[str, float] | None = None,
 ) -> None:
-    """Grouped bars: per task (and the mean over tasks) one bar per configuration, std as error bar.
+    """Grouped bars: per task (and the mean over tasks) one bar per configuration, the std over
+    seeds as an error bar where there are at least two seeds (none for n = 1).
 
-    One panel per (backbone, attribute set); the STL reference of the same backbone is the last bar.
+    One panel per (backbone, attribute set); the STL reference of the same backbone is the last
+    bar. ``majority`` (task -> majority-class accuracy, 0..1) is drawn as a black line over each
+    task's bars when the metric is accuracy; the y-axis starts at or below it, and its lower end
+    is stated in the axis label.
     """
     bars = pd.concat([per_task, overall.assign(task="mean")], ignore_index=True)
     panels = list(bars.groupby(PANEL_KEYS, sort=False))
     figure, axes = _panels(
         len(panels), width=max(7.0, 0.22 * len(bars) / max(len(panels), 1) + 3), height=3.8
     )
+    majority = dict(majority or {}) if metric == "accuracy" else {}
     for axis, ((backbone, attribute_set), panel) in zip(axes, panels, strict=False):
         reference = stl[stl["backbone"] == backbone].assign(configuration=REFERENCE)
         tasks = list(dict.fromkeys(panel["task"]))
@@ -80,17 +86,32 @@ def plot_accuracy_by_strategy(
         for i, label in enumerate(series):
             rows = panel[panel["configuration"] == label].set_index("task").reindex(tasks)
             x = np.arange(len(tasks)) + (i - (len(series) - 1) / 2) * width
-            mean, std = (
-                100 * rows["mean"].to_numpy(float),
-                100 * rows["std"].fillna(0).to_numpy(float),
-            )
-            axis.bar(x, mean, width, yerr=std, capsize=2, label=label, color=colours[label])
+            mean = 100 * rows["mean"].to_numpy(float)
+            seeds = rows["n"].to_numpy(float) if "n" in rows else np.ones(len(rows))
+            std = np.where(seeds > 1, 100 * rows["std"].to_numpy(float), np.nan)
+            axis.bar(x, mean, width, label=label, color=colours[label])
+            shown = np.isfinite(std) & np.isfinite(mean)
+            if shown.any():
+                axis.errorbar(
+                    x[shown], mean[shown], yerr=std[shown], fmt="none", ecolor="black", capsize=2
+                )
             if np.isfinite(mean).any():
-                lowest = min(lowest, np.nanmin(mean - std) / 100)
+                lowest = min(lowest, np.nanmin(mean - np.nan_to_num(std)) / 100)
+        rates = [majority.get(task, np.nan) for task in tasks[:-1]]
+        rates.append(float(np.nanmean(rates)) if np.isfinite(rates).any() else np.nan)
+        rates = np.asarray(rates, dtype=float)
+        if np.isfinite(rates).any():
+            axis.hlines(
+                100 * rates, np.arange(len(tasks)) - 0.45, np.arange(len(tasks)) + 0.45,
+                colors="black", linewidths=1.5, label="majority class",
+            )  # fmt: skip
+            lowest = min(lowest, float(np.nanmin(rates)))
         axis.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right")
-        # Accuracies differ by a few points: start the axis near the lowest bar, not at zero.
-        axis.set_ylim(max(0.0, np.floor(100 * lowest / 5) * 5 - 5), 100)
-        axis.set_ylabel(f"test {metric} (%)")
+        # Accuracies differ by a few points: start the axis below the lowest bar and the
+        # majority rate, not at zero, and say so.
+        bottom = max(0.0, np.floor(100 * lowest / 5) * 5 - 5)
+        axis.set_ylim(bottom, 100)
+        axis.set_ylabel(f"test {metric} (%)" + (f", axis from {bottom:.0f}" if bottom else ""))
         axis.set_title(f"{backbone} · {attribute_set}")
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -219,7 +240,14 @@ def write_plots(
     if per_task.empty:
         notes.append(f"No multi-task run completed: {ACCURACY_PLOT} is not drawn.")
     else:
-        plot_accuracy_by_strategy(per_task, overall, stl, metric, colours, out_dir / ACCURACY_PLOT)
+        majority = (
+            scores.groupby("task")["majority_accuracy"].mean().to_dict()
+            if "majority_accuracy" in scores
+            else {}
+        )
+        plot_accuracy_by_strategy(
+            per_task, overall, stl, metric, colours, out_dir / ACCURACY_PLOT, majority
+        )
         written.append(ACCURACY_PLOT)
 
     history, skipped = read_dst_history(scores)

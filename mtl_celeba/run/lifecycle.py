@@ -2,12 +2,14 @@
 
 Every way a run can end is written down: ``completed``; ``failed`` with the error (a full disk
 as one line naming the mount); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
-exit status 143. The wall time and the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`)
+exit status 143; Ctrl-C (SIGINT) as ``interrupted``, exit status 130 and a line saying how to
+resume. The wall time and the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`)
 are recorded whatever the ending. Light on imports: mtl-train enters it before torch is loaded.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -17,6 +19,8 @@ from typing import Any
 
 from mtl_celeba.errors import disk_full_error
 from mtl_celeba.run.results import write_results
+
+log = logging.getLogger(__name__)
 
 
 class RunRecord:
@@ -71,6 +75,15 @@ class RunRecord:
 
     def _record_failure(self, error: BaseException) -> BaseException | None:
         """Set the failed status; returns the exception to raise instead of ``error``, if any."""
+        if interrupted_by_ctrl_c(error):
+            self.results.update(status="interrupted", error="interrupted by Ctrl-C (SIGINT)")
+            log.warning(
+                "Interrupted: %s keeps its last finished epoch in checkpoints/last.ckpt; rerun "
+                "the same command with resume=auto (a sweep: the same command and "
+                "hydra.sweep.dir) to continue it.",
+                self.run_dir,
+            )
+            return SystemExit(128 + signal.SIGINT)
         if stopped_by_sigterm(error):
             # Lightning stops at the next step on SIGTERM by raising a SystemExit without a
             # code, which exits 0: a scheduler would count the stopped job as finished.
@@ -99,6 +112,14 @@ class SigtermHandler:
     def restore(self) -> None:
         if self.handler is not None:  # None: not the main thread, or not set from Python
             signal.signal(signal.SIGTERM, self.handler)
+
+
+def interrupted_by_ctrl_c(error: BaseException) -> bool:
+    """Whether ``error`` is a Ctrl-C: the KeyboardInterrupt itself, or the ``SystemExit(1)``
+    Lightning raises after its graceful shutdown from one (while handling it)."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    return isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
 
 
 def stopped_by_sigterm(error: BaseException) -> bool:

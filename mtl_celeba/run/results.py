@@ -14,6 +14,7 @@ config, which must take a second, not half a minute.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_celeba.config import CONFIG_DIR
 from mtl_celeba.errors import NO_SPACE
 from mtl_celeba.io import overwrite_in_place, write_json_atomic
 from mtl_celeba.run.layout import RESULTS_FILE
@@ -52,7 +54,7 @@ class RunConfig:
     finetune: int | None = None
     #: DST's enabled metrics (None for other strategies)
     drop_metrics: list[str] | None = None
-    #: the ``attributes`` preset chosen, or ``custom``
+    #: the ``attributes`` preset's name when data.attributes is its list, else ``custom[A,B,...]``
     attribute_set: str = UNKNOWN
     experiment: str | None = None
     data_source: str = UNKNOWN
@@ -83,13 +85,15 @@ class RunConfig:
             ),
             strategy=strategy.name,
             drop_metrics=list(strategy.metrics) if "metrics" in strategy else None,
-            attribute_set=choices.get("attributes", "custom"),
+            attribute_set=attribute_set_name(
+                choices.get("attributes"), cfg.data.attributes, strategy.get("task")
+            ),
             experiment=choices.get("experiment"),
             data_source=cfg.data.source,
             data_root=str(cfg.data.root),
             image_size=cfg.data.image_size,
             seed=cfg.seed,
-            precision=str(cfg.trainer.precision),
+            precision=str(cfg.trainer.precision),  # mtl-train records trainer.precision
             max_epochs=cfg.trainer.max_epochs,
             num_images=OmegaConf.select(cfg, "data.num_images", default=None)
             if cfg.data.source == "synthetic"
@@ -104,14 +108,68 @@ class RunConfig:
         return cls(**{key: value for key, value in (data or {}).items() if key in names})
 
 
+def attribute_set_name(
+    preset: str | None, attributes: Sequence[str], single_task: str | None = None
+) -> str:
+    """``preset`` when ``attributes`` is that preset's list (``conf/attributes/PRESET.yaml``),
+    else ``custom[A,B,...]``: runs on different task lists never share a name.
+
+    A single-task run (``strategy.task``, one of ``experiment=stl``'s jobs) belongs to the
+    preset when its task is one of the preset's, so its jobs form one configuration.
+    """
+    attributes = [str(name) for name in attributes]
+    if preset:
+        path = CONFIG_DIR / "attributes" / f"{preset}.yaml"
+        try:
+            listed = OmegaConf.select(OmegaConf.load(path), "attributes", default=None)
+        except (OSError, ValueError):
+            listed = None
+        listed = None if listed is None else [str(name) for name in listed]
+        if listed == attributes or (single_task is not None and single_task in (listed or [])):
+            return str(preset)
+    return f"custom[{','.join(attributes)}]"
+
+
+def _defined(value: Any) -> float | None:
+    """A metric as a float, or None (JSON null, 'n/a') where it is undefined (NaN)."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
 def split_results(tasks: Sequence[str], values: Mapping[str, Sequence[float]]) -> dict[str, Any]:
-    """``{metric: [per task]}`` -> ``{"per_task": {task: {metric: v}}, "mean": {metric: v}}``."""
+    """``{metric: [per task]}`` -> ``{"per_task": {task: {metric: v}}, "mean": {metric: v}}``.
+
+    An undefined value (NaN: e.g. AUROC of a task without both classes in the split) is
+    recorded as null and left out of its mean; ``undefined`` then counts, per metric, the tasks
+    left out. A metric undefined for every task has a null mean.
+    """
     per_task = {
-        task: {name: float(values[name][i]) for name in METRIC_NAMES}
+        task: {name: _defined(values[name][i]) for name in METRIC_NAMES}
         for i, task in enumerate(tasks)
     }
-    mean = {name: float(sum(values[name]) / len(tasks)) for name in METRIC_NAMES}
-    return {"per_task": per_task, "mean": mean}
+    mean: dict[str, float | None] = {}
+    undefined: dict[str, int] = {}
+    for name in METRIC_NAMES:
+        defined = [v[name] for v in per_task.values() if v[name] is not None]
+        mean[name] = sum(defined) / len(defined) if defined else None
+        if len(defined) < len(tasks):
+            undefined[name] = len(tasks) - len(defined)
+    result: dict[str, Any] = {"per_task": per_task, "mean": mean}
+    if undefined:
+        result["undefined"] = undefined
+    return result
+
+
+def undefined_note(results: Mapping[str, Any], split: str = "test") -> str | None:
+    """A line saying which metrics' means leave out undefined tasks, or None."""
+    undefined = (results.get(split) or {}).get("undefined") or {}
+    if not undefined:
+        return None
+    counts = ", ".join(f"{name} of {count}" for name, count in undefined.items())
+    return (
+        f"n/a: undefined on the {split} split (a task without both classes there), left out of "
+        f"the means: {counts} task(s)."
+    )
 
 
 def evaluation_results(model: Any, datamodule: Any) -> dict[str, Any]:
@@ -179,17 +237,22 @@ def results_table(results: Mapping[str, Any], split: str = "test") -> pd.DataFra
     import pandas as pd
 
     per_task = results[split]["per_task"]
-    table = pd.DataFrame.from_dict(per_task, orient="index")[list(METRIC_NAMES)]
+    table = pd.DataFrame.from_dict(per_task, orient="index")[list(METRIC_NAMES)].astype(float)
     table["majority"] = pd.Series(results.get("majority_accuracy", {}))
     schedule = results.get("schedule") or {}
     if "mean_drop_rate" in schedule:
         table["drop_rate"] = pd.Series(schedule["mean_drop_rate"])
         table["active_epochs"] = pd.Series(schedule["active_epochs"])
-    table.loc["overall"] = table.mean(numeric_only=True)
+    table.loc["overall"] = table.mean(numeric_only=True)  # skips n/a (NaN)
     table.index.name = "task"
+    note = undefined_note(results, split)
+    if note:
+        table.attrs["note"] = note
     return table
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Fixed-width text for the console."""
-    return table.to_string(float_format=lambda value: f"{value:.4f}")
+    """Fixed-width text for the console (n/a for undefined values, then the table's note)."""
+    text = table.to_string(float_format=lambda value: f"{value:.4f}", na_rep="n/a")
+    note = table.attrs.get("note")
+    return f"{text}\n{note}" if note else text

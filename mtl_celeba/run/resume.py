@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.run.layout import LAST_CHECKPOINT
+from mtl_celeba.run.layout import (
+    CHECKPOINT_DIR,
+    CURVES_PNG,
+    DST_HISTORY,
+    LAST_CHECKPOINT,
+    METRICS_CSV,
+)
 from mtl_celeba.run.results import read_results
 
 #: Keys that do not change what a run trains; ignored when matching runs for ``resume=auto``.
@@ -129,14 +136,51 @@ def find_resumable_run(runs_dir: Path, cfg_hash: str) -> Path | None:
     return max(candidates, key=lambda run: (run / LAST_CHECKPOINT).stat().st_mtime)
 
 
+def sweep_resumes() -> bool:
+    """Whether this is a multirun job whose sweeper skips completed jobs (``grids``, the default,
+    with ``hydra.sweeper.skip_completed``): its rerun then continues an unfinished job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hydra = HydraConfig.get()
+    return hydra.mode == RunMode.MULTIRUN and bool(
+        OmegaConf.select(hydra, "sweeper.skip_completed", default=False)
+    )
+
+
+#: What an earlier attempt of a job leaves in its folder besides metrics.json and .hydra/.
+ATTEMPT_OUTPUTS = (CHECKPOINT_DIR, "tensorboard", str(METRICS_CSV.parent), CURVES_PNG, DST_HISTORY)
+
+
+def clear_earlier_attempt(run_dir: Path) -> list[str]:
+    """Remove an earlier attempt's checkpoints, logs and curves from a sweep job's folder before
+    the job starts over there (not resumed), so the folder never holds two attempts' files
+    (``-v1`` checkpoints, two sets of TensorBoard events). Returns the names removed."""
+    removed = []
+    for name in ATTEMPT_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def auto_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """``resume=auto`` inside the run folder: its last.ckpt, if the folder holds an unfinished run
     of this configuration (call before the new ``metrics.json`` overwrites the old one).
 
     ``mtl-train`` points ``hydra.run.dir`` at the run to continue before Hydra starts (see
-    :mod:`mtl_celeba.cli.hydra_app`); sweep jobs rerun in their old folder land here directly.
+    :mod:`mtl_celeba.cli.hydra_app`); sweep jobs rerun in their old folder land here directly,
+    and resume without ``resume=auto`` where the sweeper skips completed jobs
+    (:func:`sweep_resumes`).
     """
-    if cfg.get("resume") != "auto" or cfg.get("ckpt_path"):
+    if cfg.get("ckpt_path") or (cfg.get("resume") != "auto" and not sweep_resumes()):
         return None
     if not is_resumable(run_dir, config_hash(cfg)):
         return None
