@@ -24,10 +24,12 @@ setup: .venv/.installed ## install uv if missing, then the locked environment (u
 train: setup ## train with the defaults (DST, ResNet18, synthetic CelebA); extra Hydra overrides in ARGS="..."
 	$(RUN) mtl-train $(ARGS)
 
-# `make test` adds the `ray` extra (hydra-ray-launcher and Ray, about 300 MB) so the Ray sweep
-# test runs too; `uv run` installs it into .venv on first use.
-test: setup ## run the whole test suite, slow end-to-end cases included (with the ray extra)
-	$(RUN) --extra ray --compile-bytecode pytest $(ARGS)
+# `make test` adds the `ray` extra (hydra-ray-launcher and Ray, about 300 MB) and the `mlflow`
+# extra (MLflow and its SQL store, about 270 MB) so the Ray sweep and the MLflow read-back tests
+# run too; `uv run` installs them into .venv on first use. (The `wandb` extra is not needed:
+# its test checks the config only.)
+test: setup ## run the whole test suite, slow end-to-end cases included (with the ray and mlflow extras)
+	$(RUN) --extra ray --extra mlflow --compile-bytecode pytest $(ARGS)
 
 test-fast: setup ## run the tests without the slow end-to-end cases
 	$(RUN) pytest -m "not slow" $(ARGS)

@@ -50,8 +50,36 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
+#: The extra that installs each optional logger's package (``logger=NAME``).
+LOGGER_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+
+
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    """The loggers of the ``logger`` group; one line naming the extra when a package is missing."""
+    loggers = []
+    for name, config in (cfg.get("logger") or {}).items():
+        if config is None:
+            continue
+        try:
+            loggers.append(instantiate(config))
+        except Exception as error:
+            extra = LOGGER_EXTRAS.get(str(name))
+            if extra is not None and _missing_module(error):
+                raise ConfigError(
+                    f"logger.{name} needs the {extra} package: install the extra with "
+                    f"`uv sync --extra {extra}` (or `pip install {extra}`)."
+                ) from None
+            raise
+    return loggers
+
+
+def _missing_module(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) is a missing-module error."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def apply_single_task(cfg: DictConfig) -> None:
@@ -128,6 +156,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer = build_trainer(cfg, callbacks, results["config"])
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         results.update(evaluate_best(cfg, trainer, model, datamodule))
+        log_final_metrics(trainer, results)
     from mtl_celeba.run.curves import write_run_curves
 
     write_run_curves(run_dir)  # RUN/curves.png from the CSV logger; logs, never raises
@@ -155,6 +184,36 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str,
         if isinstance(logger, TensorBoardLogger):
             add_task_curves_layout(logger)
     return trainer
+
+
+def final_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The final val/test metrics of ``metrics.json`` as flat ``hp/SPLIT/METRIC/(mean|TASK)`` scalars."""
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        if not results.get(split):
+            continue
+        for name, value in results[split]["mean"].items():
+            metrics[f"hp/{split}/{name}/mean"] = float(value)
+        for task, values in results[split]["per_task"].items():
+            for name, value in values.items():
+                metrics[f"hp/{split}/{name}/{task}"] = float(value)
+    return metrics
+
+
+def log_final_metrics(trainer: Any, results: dict[str, Any]) -> None:
+    """TensorBoard's HParams tab: the run's config with its final metrics (:func:`final_metrics`),
+    so that the runs of a sweep compare there. (The other loggers already hold the test
+    metrics as logged by ``trainer.test``.)"""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    metrics = final_metrics(results)
+    if not metrics:
+        return
+    params = {k: v for k, v in results.get("config", {}).items() if v is not None}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=metrics)
+            logger.finalize("success")  # flush and close the reopened event file
 
 
 def evaluate_best(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dict[str, Any]:
