@@ -80,6 +80,29 @@ def test_method_trains_end_to_end(compose_train, tmp_path, shared_cache, method)
         assert any(key.startswith("strategy_state.") for key in parameters), "checkpointed"
 
 
+GRAMIAN_METHODS = ["mgda", "pcgrad", "cagrad", "imtlg", "nashmtl", "alignedmtl", "upgrad"]
+
+
+@pytest.mark.parametrize("method", GRAMIAN_METHODS)
+def test_gramian_method_trains_on_the_parameter_gradients(
+    compose_train, tmp_path, shared_cache, method
+):
+    overrides = [f"strategy={method}", "strategy.gradients=parameters", "test=false"]
+    overrides += [f"data.cache_dir={shared_cache}", "trainer.max_epochs=1"]
+    overrides += ["+trainer.limit_train_batches=2", *(BF16 if method == "mgda" else [])]
+    cfg = compose_train(overrides)
+    assert cfg.strategy.callback.gradients == "parameters"
+    results = train(cfg, tmp_path / "run")
+    assert results["status"] == "completed"
+    weights = results["schedule"]["mean_weight"]
+    assert all(w is not None and math.isfinite(w) and w >= 0 for w in weights.values())
+
+
+def test_famo_celeba40_takes_the_gramian_of_the_parameter_gradients(compose_train):
+    cfg = compose_train(["experiment=famo_celeba40", "strategy=upgrad"])
+    assert instantiate(cfg.strategy.callback).gradients == "parameters"
+
+
 class RecordFinalState(Callback):
     """Writes each rank's final parameters (model and strategy) and local epoch losses."""
 

@@ -22,6 +22,7 @@ from mtl_celeba.scheduling.strategy import (
     feature_gramian,
     find_strategy,
     mean_over_ranks,
+    parameter_gramian,
 )
 
 Batch = tuple[Tensor, Tensor, Tensor]
@@ -148,7 +149,11 @@ class MultiTaskModule(L.LightningModule):
         strategy = self.task_strategy
         gramian = None
         if strategy.needs_gramian:
-            gramian = feature_gramian(task_losses, features)
+            if strategy.gradients == "parameters":
+                shared = [p for p in self.backbone.parameters() if p.requires_grad]
+                gramian = parameter_gramian(task_losses, shared)
+            else:
+                gramian = feature_gramian(task_losses, features)
             if self.trainer.world_size > 1:
                 gramian = self.trainer.strategy.reduce(gramian, reduce_op="sum")
         loss = strategy.combine(TaskStep(task_losses, counts, gramian))

@@ -17,6 +17,7 @@ at the losses after the update, ``state_dict`` for checkpoints). The LightningMo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from mtl_celeba.scheduling.names import BASELINE, REFERENCE
+
+#: The values of ``strategy.gradients``.
+GRADIENTS = ("features", "parameters")
 
 
 def mean_over_ranks(trainer: L.Trainer | None, sums: Tensor, counts: Tensor) -> Tensor:
@@ -50,8 +54,10 @@ class TaskStep:
             t (0 where the batch has none).
         counts: (T,) how many samples of the batch carry a label for each task.
         gramian: (T, T) float32 Gram matrix ``G[s, t] = <g_s, g_t>`` of the per-task gradients
-            with respect to the shared features, summed over DDP ranks (so every rank holds the
-            same matrix); ``None`` unless the strategy sets :attr:`TaskStrategy.needs_gramian`.
+            with respect to the shared features, or to all shared (backbone) parameters when
+            the strategy's :attr:`TaskStrategy.gradients` is ``"parameters"``, summed over DDP
+            ranks (so every rank holds the same matrix); ``None`` unless the strategy sets
+            :attr:`TaskStrategy.needs_gramian`.
     """
 
     losses: Tensor
@@ -77,6 +83,9 @@ class TaskStrategy(Callback):
     name: ClassVar[str] = BASELINE
     #: Whether :meth:`combine` needs the Gramian of the per-task gradients.
     needs_gramian: ClassVar[bool] = False
+    #: The gradients that Gramian is of: ``"features"`` (w.r.t. the shared representation,
+    #: MGDA-UB style, cheap) or ``"parameters"`` (w.r.t. every shared backbone parameter).
+    gradients: str = "features"
 
     def combine(self, step: TaskStep) -> Tensor:
         """The scalar loss to back-propagate for this step."""
@@ -125,3 +134,34 @@ def feature_gramian(losses: Tensor, features: Tensor) -> Tensor:
     )
     flat = jacobian.reshape(num_tasks, -1).float()
     return flat @ flat.T
+
+
+def parameter_gramian(losses: Tensor, parameters: Sequence[Tensor]) -> Tensor:
+    """``G = J J^T`` for ``J[t] = d losses[t] / d parameters`` (all parameters flattened).
+
+    The per-task gradients with respect to every shared parameter, as FAMO's CelebA code and
+    the papers' "shared parameters" use: one vectorised backward pass (vmapped over the T
+    rows of the identity) through the whole network, holding T gradients of the backbone.
+    Written on autograd rather than TorchJD's ``autogram.Engine``, which computes this Gramian
+    without the T gradients but hooks every module to re-run its forward pass (BatchNorm's
+    running statistics would move twice a step; its batch-dimension shortcut requires
+    sample-independent modules, which BatchNorm is not) and rejects in-place operations, both
+    of which the backbones here have. Accumulated in float32 whatever the autocast precision
+    (parameter gradients are float32 under bf16 autocast); the graph is kept.
+    """
+    num_tasks = losses.shape[0]
+    identity = torch.eye(num_tasks, device=losses.device, dtype=losses.dtype)
+    grads = torch.autograd.grad(
+        losses,
+        list(parameters),
+        grad_outputs=identity,
+        retain_graph=True,
+        is_grads_batched=True,
+        allow_unused=True,
+    )
+    gramian = torch.zeros(num_tasks, num_tasks, device=losses.device, dtype=torch.float32)
+    for grad in grads:
+        if grad is not None:
+            flat = grad.reshape(num_tasks, -1).float()
+            gramian += flat @ flat.T
+    return gramian

@@ -14,7 +14,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, mean_over_ranks
+from mtl_celeba.errors import ConfigError
+from mtl_celeba.scheduling.strategy import GRADIENTS, TaskStep, TaskStrategy, mean_over_ranks
 
 
 class WeightedTaskStrategy(TaskStrategy):
@@ -111,10 +112,22 @@ class GramianWeighting(WeightedTaskStrategy):
     numpy/scipy or tiny loops). A task is present when its row of the Gramian is non-zero: the
     Gramian is summed over the DDP ranks, so every rank agrees, and a task without a label in
     the (global) batch has a constant loss of 0 and a zero row. Absent tasks get weight 0.
+
+    ``gradients`` (``strategy.gradients``) picks the gradients the Gramian is of: ``features``
+    (w.r.t. the shared representation) or ``parameters`` (w.r.t. all backbone parameters).
     """
 
     name = "gramian"
     needs_gramian = True
+    #: The dtype the step's Gramian was computed in (before the float64 copy the solvers see):
+    #: the precision below which its eigenvalues are rounding noise (Aligned-MTL's rank cut).
+    gramian_dtype: torch.dtype = torch.float32
+
+    def __init__(self, gradients: str = "features") -> None:
+        super().__init__()
+        if gradients not in GRADIENTS:
+            raise ConfigError(f"strategy.gradients is {gradients!r}: use {' or '.join(GRADIENTS)}.")
+        self.gradients = gradients
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:
         """(P,) weights from a (P, P) float64 CPU Gramian of the present tasks' gradients."""
@@ -123,6 +136,7 @@ class GramianWeighting(WeightedTaskStrategy):
     def weights(self, step: TaskStep) -> Tensor:
         if step.gramian is None:
             raise RuntimeError(f"strategy {self.name} needs the Gramian (needs_gramian is set)")
+        self.gramian_dtype = step.gramian.dtype
         gramian = step.gramian.detach().to("cpu", torch.float64)
         present = gramian.diagonal() > 0
         weights = torch.zeros(len(present), dtype=torch.float64)

@@ -15,8 +15,8 @@ class IMTLG(GramianWeighting):
 
     name = "imtlg"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, gradients: str = "features") -> None:
+        super().__init__(gradients)
         self.weighting = IMTLGWeighting()
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:

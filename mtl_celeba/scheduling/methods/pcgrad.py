@@ -23,8 +23,8 @@ class PCGrad(GramianWeighting):
 
     name = "pcgrad"
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
+    def __init__(self, seed: int = 0, gradients: str = "features") -> None:
+        super().__init__(gradients)
         self.weighting = PCGradWeighting()
         self.rng_state = torch.Generator().manual_seed(seed).get_state()
 

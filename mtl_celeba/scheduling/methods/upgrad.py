@@ -19,8 +19,8 @@ class BoundedLeastSquaresProjector(DualConeProjector):
     (``torchjd[quadprog-projector]``), which this project does not install; scipy is already a
     dependency. The problem ``min_v v^T G v`` subject to ``v >= u`` is a bounded least-squares
     problem ``min ||A v||^2`` with ``G = A^T A`` (Cholesky), which scipy's BVLS solves exactly.
-    As in TorchJD's projector, the Gramian is first divided by its Frobenius norm and
-    ``reg_eps`` is added to its diagonal.
+    As in TorchJD's projector, the Gramian is first divided by its trace (the squared Frobenius
+    norm of the Jacobian; zeroed below ``norm_eps``) and ``reg_eps`` is added to its diagonal.
     """
 
     def __init__(self, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> None:
@@ -29,8 +29,8 @@ class BoundedLeastSquaresProjector(DualConeProjector):
 
     def __call__(self, U: Tensor, G: Tensor) -> Tensor:
         gramian = G.detach().cpu().double().numpy()
-        norm = np.linalg.norm(gramian)
-        gramian = gramian / norm if norm > self.norm_eps else np.zeros_like(gramian)
+        trace = float(np.trace(gramian))
+        gramian = gramian / trace if trace >= self.norm_eps else np.zeros_like(gramian)
         gramian = gramian + self.reg_eps * np.eye(len(gramian))
         factor = np.linalg.cholesky(gramian).T  # gramian = factor.T @ factor
         rows = U.detach().cpu().double().numpy().reshape(-1, len(gramian))
@@ -45,8 +45,8 @@ class UPGrad(GramianWeighting):
 
     name = "upgrad"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, gradients: str = "features") -> None:
+        super().__init__(gradients)
         self.weighting = UPGradWeighting(projector=BoundedLeastSquaresProjector())
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:
