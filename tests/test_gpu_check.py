@@ -314,7 +314,7 @@ def test_the_gramian_methods_are_those_that_need_the_gramian():
     def target(name: str) -> str:
         """The callback class of conf/strategy/NAME.yaml, through its defaults (dst_shuffled: dst's)."""
         cfg = OmegaConf.load(CONFIG_DIR / "strategy" / f"{name}.yaml")
-        if "callback" in cfg:
+        if "_target_" in cfg.get("callback", {}):
             return cfg.callback._target_
         return target(next(d for d in cfg.defaults if d != "_self_"))
 

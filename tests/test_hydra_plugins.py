@@ -19,11 +19,6 @@ import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
-from hydra.test_utils.launcher_common_tests import (
-    BatchedSweeperTestSuite,
-    IntegrationTestSuite,
-    LauncherTestSuite,
-)
 from hydra_plugins.mtl_celeba_launcher.gpu_pool import GpuPoolLauncher
 from hydra_plugins.mtl_celeba_launcher.grids import GridUnionSweeper
 
@@ -34,45 +29,33 @@ def test_discovery() -> None:
     assert GridUnionSweeper.__name__ in [p.__name__ for p in Plugins.instance().discover(Sweeper)]
 
 
-# Two jobs at once on the CPU: the suites' sweeps have 1 to 6 jobs.
-@pytest.mark.parametrize("launcher_name, overrides", [("gpu_pool", ["hydra.launcher.cpu_jobs=2"])])
-class TestGpuPoolLauncher(LauncherTestSuite):
-    pass
+SUITES = Path(__file__).with_name("hydra_suites.py")
+
+
+def run_hydra_suites(marker: str) -> None:
+    """Hydra's suites (tests/hydra_suites.py) in a fresh interpreter: they assume a process in
+    which no other Hydra app has run (Hydra's singletons, the job's working folder and logging
+    configured by this suite's earlier tests change what they see)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, str(SUITES)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
+
+
+def test_hydra_launcher_and_sweeper_suites() -> None:
+    """LauncherTestSuite against gpu_pool; BatchedSweeperTestSuite and LauncherTestSuite's
+    sweeps against the grids sweeper."""
+    run_hydra_suites("not slow")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "task_launcher_cfg, extra_flags",
-    [
-        (
-            {},
-            [
-                "-m",
-                "hydra/job_logging=hydra_debug",
-                "hydra/job_logging=disabled",
-                "hydra/launcher=gpu_pool",
-                "hydra.launcher.cpu_jobs=2",
-            ],
-        )
-    ],
-)
-class TestGpuPoolLauncherIntegration(IntegrationTestSuite):
-    pass
-
-
-# The sweeper with Hydra's in-process launcher: Hydra's batching suite, and the launcher suite's
-# sweeps (single grid: the grids sweeper must then run what Hydra's basic sweeper runs).
-@pytest.mark.parametrize(
-    "launcher_name, overrides",
-    [("basic", ["hydra/sweeper=grids", "hydra.sweeper.max_batch_size=2"])],
-)
-class TestGridsSweeperBatching(BatchedSweeperTestSuite):
-    pass
-
-
-@pytest.mark.parametrize("launcher_name, overrides", [("basic", ["hydra/sweeper=grids"])])
-class TestGridsSweeperAsBasicSweeper(LauncherTestSuite):
-    pass
+def test_hydra_integration_suite() -> None:
+    """IntegrationTestSuite against gpu_pool (a Hydra app in a subprocess per case)."""
+    run_hydra_suites("slow")
 
 
 #: A Hydra app that knows nothing of this project: its own config, the plugins by name only.

@@ -65,9 +65,10 @@ def test_a_single_fraction_is_unchanged() -> None:
 
 
 def test_dataset_written_with_the_preset(tmp_path: Path) -> None:
-    folder = generate_synthetic_celeba(tmp_path, 60, seed=5, label_noise="celeba", progress=False)
+    # enough images that every attribute has a positive in the train split (the reader checks)
+    folder = generate_synthetic_celeba(tmp_path, 400, seed=5, label_noise="celeba", progress=False)
     assert json.loads((folder / "synthetic.json").read_text())["label_noise"] == "celeba"
-    clean = generate_synthetic_celeba(tmp_path / "clean", 60, seed=5, progress=False)
+    clean = generate_synthetic_celeba(tmp_path / "clean", 400, seed=5, progress=False)
     noisy_labels = load_celeba(tmp_path, CELEBA_ATTRIBUTES).labels
     clean_labels = load_celeba(tmp_path / "clean", CELEBA_ATTRIBUTES).labels
     assert (noisy_labels != clean_labels).any()

@@ -91,15 +91,15 @@ def test_user_overrides_replace_the_defaults_of_the_same_key():
 
 def test_reproduce_targets_are_make_reproduces_grids():
     targets = reproduce_targets(celeba=False)
-    # ResNet18 only without CelebA: dst_vs_baselines 5 strategies x 5 seeds + 8 STL, and
-    # drop_metrics' 11 DST runs
-    assert len(targets) == 5 * 5 + 8 + 11
+    # ResNet18 only without CelebA: dst_vs_baselines 6 strategies x 5 seeds + 8 STL tasks x 5
+    # seeds (the same seeds, for paired Δm% intervals), and drop_metrics' 11 DST runs
+    assert len(targets) == 6 * 5 + 8 * 5 + 11
     num_images = next(
         int(o.split("=")[1]) for o in sweep_bench.REPRODUCE_SYNTHETIC if "num_images" in o
     )
     assert {t.train_images for t in targets} == {partition_sizes(num_images)[0]}
     assert {t.epochs for t in targets} == {3} and {t.setting for t in targets} == {SETTING}
-    assert sum(t.strategy == "stl" for t in targets) == 8
+    assert sum(t.strategy == "stl" for t in targets) == 8 * 5
     celeba = reproduce_targets(celeba=True)
     assert {t.train_images for t in celeba} == {162_770} and {t.epochs for t in celeba} == {15}
     assert len(celeba) > len(targets), "both backbones on CelebA"

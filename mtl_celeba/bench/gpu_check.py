@@ -53,6 +53,10 @@ GRAMIAN_METHODS = (
     "nashmtl",
     "alignedmtl",
     "upgrad",
+    "fairgrad",
+    "gradvac",
+    "config",
+    "dbmtl",
 )
 #: The packages the parts import: {module name: pip name}.
 REQUIRED_MODULES = {

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 from functools import cache
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
-from scipy import optimize, special, stats
 
 from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
 
@@ -68,6 +68,8 @@ def phi_of(rates: np.ndarray, joint: np.ndarray) -> np.ndarray:
 def orthant(rate_a: np.ndarray, rate_b: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """``P(z_a > t_a, z_b > t_b)`` for standard normals with correlation ``rho`` and thresholds
     ``t = Φ⁻¹(1 - rate)``, elementwise: Owen's T form of the bivariate normal (rates not 0.5)."""
+    from scipy import special, stats
+
     h, k = stats.norm.ppf(rate_a), stats.norm.ppf(rate_b)
     root = np.sqrt(1 - np.square(rho))
     beta = np.where(h * k > 0, 0.0, 0.5)
@@ -81,6 +83,7 @@ def orthant(rate_a: np.ndarray, rate_b: np.ndarray, rho: np.ndarray) -> np.ndarr
 
 def pair_correlation(rate_a: float, rate_b: float, joint: float) -> float:
     """The latent correlation whose orthant probability is ``joint`` (clipped to ±LIMIT)."""
+    from scipy import optimize
 
     def gap(r: float) -> float:
         return float(orthant(np.asarray(rate_a), np.asarray(rate_b), np.asarray(r))) - joint
@@ -184,6 +187,8 @@ def fit_latent(
     """The latent correlation matrix whose copula phi is nearest ``phi`` (least fourth powers
     over the pairs, which keeps the largest errors small), a correlation matrix by construction: ``R = U U^T`` with unit rows ``U``,
     optimised by L-BFGS from ``start`` with the exact gradient; eigenvalues kept >= ``floor``."""
+    from scipy import optimize, stats
+
     n = len(rates)
     upper = np.triu_indices(n, 1)
     h, k = stats.norm.ppf(rates)[upper[0]], stats.norm.ppf(rates)[upper[1]]
@@ -229,6 +234,8 @@ def fit_copula(
     made drawable, and each latent rate and phi goal moved by the remaining error of the
     drawable labels against CelebA's (what :func:`drawable` changes, the copula makes up).
     """
+    from scipy import stats
+
     joint = joint_positive_rates(rates, phi)
     n = len(rates)
     pairwise = np.eye(n)
@@ -277,7 +284,10 @@ def write_copula(path: Path, latent_rates: np.ndarray, latent: np.ndarray) -> No
 def celeba_copula() -> tuple[np.ndarray, np.ndarray]:
     """CelebA's shipped copula: (thresholds, Cholesky factor of the latent correlation)."""
     latent_rates, latent = read_copula()
-    return stats.norm.ppf(1 - latent_rates), np.linalg.cholesky(latent)
+    # the standard library's normal quantile: sampling must not import scipy (mtl-synth --help,
+    # every training start); the fit below uses scipy
+    thresholds = np.array([NormalDist().inv_cdf(float(1 - rate)) for rate in latent_rates])
+    return thresholds, np.linalg.cholesky(latent)
 
 
 def sample_labels(num_images: int, rng: np.random.Generator) -> np.ndarray:
