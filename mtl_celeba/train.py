@@ -187,16 +187,20 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str,
 
 
 def final_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """The final val/test metrics of ``metrics.json`` as flat ``hp/SPLIT/METRIC/(mean|TASK)`` scalars."""
+    """The final val/test metrics of ``metrics.json`` as flat ``hp/SPLIT/METRIC/(mean|TASK)`` scalars.
+
+    An undefined metric (``null``: e.g. AUROC of a split without positives) is left out."""
     metrics: dict[str, float] = {}
     for split in ("val", "test"):
         if not results.get(split):
             continue
         for name, value in results[split]["mean"].items():
-            metrics[f"hp/{split}/{name}/mean"] = float(value)
+            if value is not None:
+                metrics[f"hp/{split}/{name}/mean"] = float(value)
         for task, values in results[split]["per_task"].items():
             for name, value in values.items():
-                metrics[f"hp/{split}/{name}/{task}"] = float(value)
+                if value is not None:
+                    metrics[f"hp/{split}/{name}/{task}"] = float(value)
     return metrics
 
 

@@ -139,7 +139,7 @@ def test_a_tiny_sweep_is_timed_and_estimated(synthetic_root: Path, tmp_path: Pat
     assert 0.0 <= summary["utilisation"] <= 1.0
     assert set(summary["epoch_ms_per_image"]) == {"stl"}
     estimate = summary["estimates"]["make reproduce"]
-    assert estimate["jobs"] == 44 and estimate["hours"] > 0
+    assert estimate["jobs"] == 6 * 5 + 8 * 5 + 11 and estimate["hours"] > 0
     assert estimate["strategies_not_measured"], "only STL was measured here"
-    assert "Estimated make reproduce: 44 jobs" in printed
+    assert "Estimated make reproduce: 81 jobs" in printed
     assert "NOT comparable" in printed, "measured at 32 px here; CelebA runs at 128 px"
