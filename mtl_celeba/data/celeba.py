@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_celeba.data.attributes import resolve_attributes
-from mtl_celeba.errors import DataError
+from mtl_celeba.errors import DataError, check_choice
 
 #: Partition codes in ``list_eval_partition``, by split name.
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -250,10 +250,7 @@ def read_attribute_file(path: str | Path, label_values: str = "signed") -> pd.Da
     ``label_values`` maps to NaN; see :data:`LABEL_VALUES`). The txt file's count line must
     match its rows.
     """
-    if label_values not in LABEL_VALUES:
-        raise DataError(
-            f"data.label_values is {label_values!r}: use one of {', '.join(LABEL_VALUES)}."
-        )
+    check_choice(label_values, "data.label_values", LABEL_VALUES)
     path = Path(path)
     if path.suffix.lower() == ".csv":
         header = _read_header_lines(path, 1)[0]

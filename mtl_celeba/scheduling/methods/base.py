@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import check_choice
 from mtl_celeba.scheduling.strategy import GRADIENTS, TaskStep, TaskStrategy, mean_over_ranks
 
 
@@ -125,8 +125,7 @@ class GramianWeighting(WeightedTaskStrategy):
 
     def __init__(self, gradients: str = "features") -> None:
         super().__init__()
-        if gradients not in GRADIENTS:
-            raise ConfigError(f"strategy.gradients is {gradients!r}: use {' or '.join(GRADIENTS)}.")
+        check_choice(gradients, "strategy.gradients", GRADIENTS)
         self.gradients = gradients
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:
