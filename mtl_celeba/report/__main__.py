@@ -12,7 +12,8 @@ from mtl_celeba.errors import exit_on_user_error
 def report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-report",
-        description="Compare the runs of Hydra sweep folders: report.md, report.csv and PNG plots.",
+        description="Compare the runs of Hydra sweep folders: report.md, report.html, report.csv "
+        "and PNG plots.",
     )
     parser.add_argument(
         "sweep_dirs",
@@ -41,6 +42,9 @@ def report_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="add the published Δm%% of each method beside the measured one, from a table "
         "shipped with the package: famo_celeba40",
+    )
+    parser.add_argument(
+        "--no-html", action="store_true", help="do not write report.html (report.md only)"
     )
     return parser
 

@@ -2,8 +2,8 @@
 
 Reads every run folder's ``metrics.json`` (:mod:`.runs`), averages each configuration over its
 seeds and compares it with plain MTL and with the single-task (STL) runs (:mod:`.compare`,
-:mod:`.statistics`), and writes ``report.md`` (:mod:`.markdown`), ``report.csv`` and PNG plots
-(:mod:`.plots`).
+:mod:`.statistics`), and writes ``report.md`` (:mod:`.markdown`), the same report as one
+self-contained ``report.html`` (:mod:`.html`), ``report.csv`` and PNG plots (:mod:`.plots`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from mtl_celeba.report.compare import (
     read_stl_reference,
     wide_table,
 )
+from mtl_celeba.report.html import render_html
 from mtl_celeba.report.literature import beside, read_literature
 from mtl_celeba.report.markdown import (
     Header,
     comparison_notes,
     data_description,
     render_markdown,
+    report_blocks,
     reproduce_commands,
     seed_notes,
     setup_description,
@@ -45,6 +47,7 @@ from mtl_celeba.scheduling.names import REFERENCE
 
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
+REPORT_HTML = "report.html"
 
 # --------------------------------------------------------------------------- entry point
 
@@ -54,10 +57,12 @@ def write_report(
     out_dir: Path,
     metric: str = "accuracy",
     stl_reference: Path | None = None,
+    html: bool = True,
 ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Read the runs below ``sweep_dirs``, write the report files into ``out_dir``.
 
     ``stl_reference``: a CSV of single-task values replacing the STL runs (``--stl-reference``).
+    ``html``: also write ``report.html`` (``--no-html`` turns it off).
 
     Returns the path of ``report.md``, the summary table (one line per configuration) and the
     failed runs.
@@ -106,7 +111,7 @@ def write_report(
     notes = [*comparison_notes(comparison), *seed_notes(scores, statistics, repeats), *plot_notes]
     if external is not None and (scores["strategy"] == REFERENCE).any():
         notes.append("STL runs were found but --stl-reference replaces them as the reference.")
-    markdown = render_markdown(
+    blocks = report_blocks(
         header,
         scores,
         comparison,
@@ -119,7 +124,9 @@ def write_report(
         if "drop_rate" in comparison.overall
         else None,
     )
-    write_text_atomic(out_dir / REPORT_MD, markdown)
+    write_text_atomic(out_dir / REPORT_MD, render_markdown(blocks))
+    if html:
+        write_text_atomic(out_dir / REPORT_HTML, render_html(blocks, out_dir))
     return out_dir / REPORT_MD, summary_table(comparison, statistics), failed
 
 
@@ -128,7 +135,11 @@ def run_command(args: argparse.Namespace) -> None:
     out_dir = args.out or args.sweep_dirs[0]
     literature = read_literature(args.literature) if getattr(args, "literature", None) else None
     report, summary, failed = write_report(
-        args.sweep_dirs, out_dir, args.metric, args.stl_reference
+        args.sweep_dirs,
+        out_dir,
+        args.metric,
+        args.stl_reference,
+        html=not getattr(args, "no_html", False),
     )
     if literature is not None:
         summary = beside(summary, literature)

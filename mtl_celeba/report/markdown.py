@@ -1,4 +1,9 @@
-"""``report.md``: the tables, the "Does it help?" section and the notes, rendered as Markdown."""
+"""``report.md``: the tables, the "Does it help?" section and the notes, rendered as Markdown.
+
+The report is first built as a list of blocks (:func:`report_blocks`: headings, paragraphs,
+bullets, tables as DataFrames of strings, pictures, forest plots' data); :func:`render_markdown`
+writes them as Markdown and :mod:`.html` as ``report.html``, so both files say the same.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +58,58 @@ def _signed(value: float) -> str:
     return NOT_AVAILABLE if pd.isna(value) else f"{value:+.2f}"
 
 
+# --------------------------------------------------------------------------- blocks
+# Texts may hold two inline marks, **bold** and `code`, which both renderers understand.
+
+
+@dataclass
+class Heading:
+    """A heading (level 1: the title, 2: a section, 3: a context of "Does it help?")."""
+
+    level: int
+    text: str
+
+
+@dataclass
+class Paragraph:
+    """One paragraph of text."""
+
+    text: str
+
+
+@dataclass
+class Bullets:
+    """A bullet list; an item's second line (after a newline) continues it."""
+
+    items: list[str]
+
+
+@dataclass
+class Table:
+    """A table whose cells are already formatted strings (``n/a`` where not available)."""
+
+    frame: pd.DataFrame
+
+
+@dataclass
+class Pictures:
+    """Images beside the report, by path relative to it."""
+
+    paths: list[str]
+
+
+@dataclass
+class Forest:
+    """The paired differences to MTL of one context (rows of ``Statistics.paired``, in
+    percentage points), for a forest plot; the Markdown shows them as the table before it."""
+
+    paired: pd.DataFrame
+    configurations: list[str]
+
+
+Block = Heading | Paragraph | Bullets | Table | Pictures | Forest
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub table; newlines and pipes in cells (error messages) would break its rows."""
     cells = frame.astype(str).map(lambda cell: cell.replace("\n", " ").replace("|", "\\|"))
@@ -104,7 +161,7 @@ def summary_table(comparison: Comparison, statistics: Statistics | None = None) 
 
 def _section_tables(
     per_task: pd.DataFrame, overall: pd.DataFrame, majority: pd.Series | None
-) -> list[str]:
+) -> list[Block]:
     """The three tables of one (backbone, attribute set): values, gain over MTL, gain over STL."""
     tasks = list(dict.fromkeys(per_task["task"]))
     labels = list(overall["configuration"])
@@ -133,11 +190,15 @@ def _section_tables(
     gain_stl = by_task(["gain_stl"], _gain)
     gain_stl[DELTA_M] = overall["delta_m"].map(_signed).to_numpy()
     return [
-        markdown_table(values.rename_axis("configuration").reset_index()),
-        "Gain over MTL (percentage points, mean of the paired differences over the seeds both ran):\n\n"
-        + markdown_table(gain_mtl.rename_axis("configuration").reset_index()),
-        f"Gain over STL (percentage points, paired by seed where STL ran the seeds) and {DELTA_M} against STL:\n\n"
-        + markdown_table(gain_stl.rename_axis("configuration").reset_index()),
+        Table(values.rename_axis("configuration").reset_index()),
+        Paragraph(
+            "Gain over MTL (percentage points, mean of the paired differences over the seeds both ran):"
+        ),
+        Table(gain_mtl.rename_axis("configuration").reset_index()),
+        Paragraph(
+            f"Gain over STL (percentage points, paired by seed where STL ran the seeds) and {DELTA_M} against STL:"
+        ),
+        Table(gain_stl.rename_axis("configuration").reset_index()),
     ]
 
 
@@ -298,8 +359,9 @@ def dropped_nothing(label: str, drop_rate: float, gates: float) -> str | None:
 
 def help_section(
     statistics: Statistics, reference: str, schedules: pd.DataFrame | None = None
-) -> list[str]:
-    """The "Does it help?" section: per context its sentences and a table of paired differences.
+) -> list[Block]:
+    """The "Does it help?" section: per context its sentences, a table of paired differences
+    and their forest plot's data.
 
     ``schedules``: per configuration its mean ``drop_rate`` and ``gates`` (gating strategies).
     """
@@ -309,33 +371,35 @@ def help_section(
     keys_all = [*GROUP_KEYS, "configuration"]
     if schedules is not None:
         overall = overall.merge(schedules, on=keys_all, how="left")
-    lines = [
-        "## Does it help?",
-        "",
-        "Each configuration minus MTL run with the same seed, per task, in percentage points, on "
-        "the seeds both ran: mean over seeds "
-        f"[{100 * (1 - ALPHA):.0f}% t confidence interval], p = paired t-test p-value, "
-        "Holm-adjusted; sign-flip p = the exact paired sign-flip (permutation) p-value, "
-        "unadjusted, whose smallest possible value is 2/2^n with n seeds (0.25 with 3, 0.0625 "
-        "with 5): where it is far above the t-test's p, the t-test's significance rests on "
-        f"its normality assumption. ▲ / ▼ mark a Holm-adjusted t-test p below {ALPHA:g} "
-        "(a gain / a loss). Differences without spread (the same amount in every seed) are "
-        f"{NOT_TESTABLE.split(' (')[0]} and not marked.",
-        "",
-        "Holm's correction is per configuration: its family is that configuration's tested "
-        "tasks against MTL, not the configurations of the section.",
-        "",
-        f"{DELTA_M} against {reference}: Δm% = 100/T Σ_t (−1)^δ_t (M_t − M_STL,t) / M_STL,t "
-        "with δ_t = 1 for higher-is-better metrics, as FAMO, Nash-MTL and FairGrad write it: "
-        "negative is better than STL. It is taken per seed against STL's run with the same "
-        "seed where STL ran the seeds, so its 95% t interval (±) carries STL's own noise; "
-        "where STL ran other seeds, the interval is the delta method's over both; where STL "
-        "ran once per task, it is labelled conditional on that run. Over the full task set "
-        "only: a seed lacking a task, or a zero reference, gives n/a. Mean rank: per task "
-        "the configurations of the section are ranked by their paired difference to MTL "
-        "(1 = best), then the ranks are averaged over tasks. A comparison needs at least "
-        f"{MIN_PAIRS} paired seeds.",
-        "",
+    blocks: list[Block] = [
+        Heading(2, "Does it help?"),
+        Paragraph(
+            "Each configuration minus MTL run with the same seed, per task, in percentage points, on "
+            "the seeds both ran: mean over seeds "
+            f"[{100 * (1 - ALPHA):.0f}% t confidence interval], p = paired t-test p-value, "
+            "Holm-adjusted; sign-flip p = the exact paired sign-flip (permutation) p-value, "
+            "unadjusted, whose smallest possible value is 2/2^n with n seeds (0.25 with 3, 0.0625 "
+            "with 5): where it is far above the t-test's p, the t-test's significance rests on "
+            f"its normality assumption. ▲ / ▼ mark a Holm-adjusted t-test p below {ALPHA:g} "
+            "(a gain / a loss). Differences without spread (the same amount in every seed) are "
+            f"{NOT_TESTABLE.split(' (')[0]} and not marked."
+        ),
+        Paragraph(
+            "Holm's correction is per configuration: its family is that configuration's tested "
+            "tasks against MTL, not the configurations of the section."
+        ),
+        Paragraph(
+            f"{DELTA_M} against {reference}: Δm% = 100/T Σ_t (−1)^δ_t (M_t − M_STL,t) / M_STL,t "
+            "with δ_t = 1 for higher-is-better metrics, as FAMO, Nash-MTL and FairGrad write it: "
+            "negative is better than STL. It is taken per seed against STL's run with the same "
+            "seed where STL ran the seeds, so its 95% t interval (±) carries STL's own noise; "
+            "where STL ran other seeds, the interval is the delta method's over both; where STL "
+            "ran once per task, it is labelled conditional on that run. Over the full task set "
+            "only: a seed lacking a task, or a zero reference, gives n/a. Mean rank: per task "
+            "the configurations of the section are ranked by their paired difference to MTL "
+            "(1 = best), then the ranks are averaged over tasks. A comparison needs at least "
+            f"{MIN_PAIRS} paired seeds."
+        ),
     ]
     keys = context_keys(GROUP_KEYS)
     for values, configurations in overall.groupby(keys, sort=False, dropna=False):
@@ -367,20 +431,23 @@ def help_section(
         )
         # "-" marks a context that does not apply (e.g. no transfer setting): not shown
         title = " · ".join(str(v) for v in values if not pd.isna(v) and v != "-")
-        lines += [f"### {title}", ""]
+        blocks.append(Heading(3, title))
+        items = []
         for _, row in configurations.iterrows():
             label = row["configuration"]
             if label in sentences:
-                lines.append(f"- {sentences[label]}")
                 nothing = dropped_nothing(
                     label, row.get("drop_rate", np.nan), row.get("gates", np.nan)
                 )
-                if nothing:
-                    lines.append(f"  {nothing}")
+                items.append(sentences[label] + (f"\n{nothing}" if nothing else ""))
+        if items:
+            blocks.append(Bullets(items))
         if sentences.empty:
-            lines.append("No configuration besides MTL here: nothing to compare with MTL.")
-        lines += ["", markdown_table(table), ""]
-    return lines
+            blocks.append(
+                Paragraph("No configuration besides MTL here: nothing to compare with MTL.")
+            )
+        blocks += [Table(table), Forest(paired, list(configurations["configuration"]))]
+    return blocks
 
 
 def statistics_table(statistics: Statistics) -> pd.DataFrame:
@@ -483,7 +550,7 @@ def reproduce_commands(paths: Sequence[Path]) -> list[str]:
     return list(dict.fromkeys(commands))
 
 
-def render_markdown(
+def report_blocks(
     header: Header,
     scores: pd.DataFrame,
     comparison: Comparison,
@@ -493,43 +560,36 @@ def render_markdown(
     out_dir: Path,
     statistics: Statistics | None = None,
     schedules: pd.DataFrame | None = None,
-) -> str:
-    """The whole ``report.md`` (``schedules``: per configuration the realised drop rate)."""
+) -> list[Block]:
+    """The whole report as blocks (``schedules``: per configuration the realised drop rate)."""
     metric = header.metric.replace("_", " ")
-    lines = [
-        "# Multi-task CelebA report",
-        "",
-        f"- **Data:** {header.data}",
-        f"- **Runs:** {header.runs} run folders, {header.completed} completed, "
+    facts = [
+        f"**Data:** {header.data}",
+        f"**Runs:** {header.runs} run folders, {header.completed} completed, "
         f"{header.runs - header.completed} failed or unfinished",
-        f"- **Sweep folders:** {', '.join(f'`{p}`' for p in header.sources)}",
-        f"- **Setup:** {header.setup}",
-        f"- **Generated:** {header.generated}",
+        f"**Sweep folders:** {', '.join(f'`{p}`' for p in header.sources)}",
+        f"**Setup:** {header.setup}",
+        f"**Generated:** {header.generated}",
     ]
-    lines += [f"- **Reproduce:** `{command}`" for command in header.commands]
-    lines += [
-        f"- **Metric:** test {metric} in %, mean ± std over seeds (n runs); gains in percentage "
+    facts += [f"**Reproduce:** `{command}`" for command in header.commands]
+    facts += [
+        f"**Metric:** test {metric} in %, mean ± std over seeds (n runs); gains in percentage "
         "points, paired by seed; Δm% = 100/T Σ_t (−1)^δ_t (M_t − M_STL,t) / M_STL,t with "
         "δ_t = 1 for higher-is-better metrics: **lower is better** (the convention of FAMO, "
         "Nash-MTL and FairGrad; LibMTL's Δp has the opposite sign).",
-        f"- **Single-task reference (STL):** {header.reference}.",
-        "- **Paired runs:** runs are paired by seed: every strategy run with the same seed sees the "
+        f"**Single-task reference (STL):** {header.reference}.",
+        "**Paired runs:** runs are paired by seed: every strategy run with the same seed sees the "
         "same training batches in the same order with the same augmentation, so each "
         "configuration is compared with MTL seed by seed.",
-        "- **Model selection on validation only:** the test metrics are those of the best epoch "
+        "**Model selection on validation only:** the test metrics are those of the best epoch "
         "by the validation mean (accuracy by default, `callbacks.model_checkpoint.monitor`); the "
         "test set never picks the epoch (the DST authors' script picks the best epoch on the test set).",
-        "",
     ]
+    blocks: list[Block] = [Heading(1, "Multi-task CelebA report"), Bullets(facts)]
     if statistics is not None:
-        lines += help_section(statistics, header.reference, schedules)
+        blocks += help_section(statistics, header.reference, schedules)
     if not comparison.overall.empty:
-        lines += [
-            "## Summary",
-            "",
-            markdown_table(summary_table(comparison, statistics)),
-            "",
-        ]
+        blocks += [Heading(2, "Summary"), Table(summary_table(comparison, statistics))]
     majority = scores.groupby(["scale", "backbone", "attribute_set", "task"])[
         "majority_accuracy"
     ].mean()
@@ -544,39 +604,57 @@ def render_markdown(
         reference = (
             majority.loc[(scale, backbone, attribute_set)] if header.metric == "accuracy" else None
         )
-        lines += [
-            f"## {backbone} · {attribute_set} · {scale}",
-            "",
-            f"Setup: {scale}.",
-            "",
-            f"Test {metric} (%):",
-            "",
+        blocks += [
+            Heading(2, f"{backbone} · {attribute_set} · {scale}"),
+            Paragraph(f"Setup: {scale}."),
+            Paragraph(f"Test {metric} (%):"),
         ]
-        for table in _section_tables(comparison.per_task[in_section], overall, reference):
-            lines += [table, ""]
+        blocks += _section_tables(comparison.per_task[in_section], overall, reference)
     if not comparison.stl.empty:
-        lines += [
-            "## Single-task reference (STL)",
-            "",
-            f"Test {metric} (%) of one network per task, mean ± std over seeds (n runs):"
-            if header.reference_file is None
-            else f"Test {metric} (%) of {header.reference}:",
-            "",
+        blocks += [
+            Heading(2, "Single-task reference (STL)"),
+            Paragraph(
+                f"Test {metric} (%) of one network per task, mean ± std over seeds (n runs):"
+                if header.reference_file is None
+                else f"Test {metric} (%) of {header.reference}:"
+            ),
+            Table(stl_table(comparison.stl)),
         ]
-        lines += [markdown_table(stl_table(comparison.stl)), ""]
     if not failed.empty:
         # Relative to the report, so the paths still work when the sweep folder moves.
         rows = failed.assign(run=[os.path.relpath(run, out_dir) for run in failed["run"]])
-        lines += [
-            "## Failed runs",
-            "",
-            "Not included in the tables above:",
-            "",
-            markdown_table(rows),
-            "",
+        blocks += [
+            Heading(2, "Failed runs"),
+            Paragraph("Not included in the tables above:"),
+            Table(rows),
         ]
     if plots:
-        lines += ["## Plots", ""] + [f"![{Path(plot).stem}]({plot})" for plot in plots] + [""]
+        blocks += [Heading(2, "Plots"), Pictures(list(plots))]
     if notes:
-        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+        blocks += [Heading(2, "Notes"), Bullets(list(notes))]
+    return blocks
+
+
+def _markdown_lines(block: Block) -> list[str]:
+    """One block as Markdown lines (a forest plot's data is the table before it: no lines)."""
+    if isinstance(block, Heading):
+        return [f"{'#' * block.level} {block.text}"]
+    if isinstance(block, Paragraph):
+        return [block.text]
+    if isinstance(block, Bullets):
+        return [f"- {item}".replace("\n", "\n  ") for item in block.items]
+    if isinstance(block, Table):
+        return [markdown_table(block.frame)]
+    if isinstance(block, Pictures):
+        return [f"![{Path(path).stem}]({path})" for path in block.paths]
+    return []
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    """The whole ``report.md``: every block, a blank line after each."""
+    lines = []
+    for block in blocks:
+        text = _markdown_lines(block)
+        if text:
+            lines += [*text, ""]
     return "\n".join(lines)
