@@ -27,8 +27,10 @@ train: setup ## train with the defaults (DST, ResNet18, synthetic CelebA); extra
 # `make test` adds the `ray` extra (hydra-ray-launcher and Ray, about 300 MB) and the `mlflow`
 # extra (MLflow and its SQL store, about 270 MB) so the Ray sweep and the MLflow read-back tests
 # run too; `uv run` installs them into .venv on first use. (The `wandb` extra is not needed:
-# its test checks the config only.)
+# its test checks the config only.) It also installs the distribution's chromium where missing,
+# for report.html's browser test (tests/test_report_html.py).
 test: setup ## run the whole test suite, slow end-to-end cases included (with the ray and mlflow extras)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; } || echo "chromium not installed (needs root and apt-get): the report.html browser test will skip"
 	$(RUN) --extra ray --extra mlflow --compile-bytecode pytest $(ARGS)
 
 test-fast: setup ## run the tests without the slow end-to-end cases
