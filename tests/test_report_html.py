@@ -12,11 +12,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from test_report import SINGLE_TASK, TASKS, make_stl_sweep, make_sweep
 
 from mtl_celeba.report.__main__ import main
-from mtl_celeba.report.html import inline
+from mtl_celeba.report.html import forest_html, inline
+from mtl_celeba.report.markdown import Forest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -118,6 +120,36 @@ def test_inline_marks_and_escaping() -> None:
     assert (
         inline("**Data:** `a<b>` & c") == "<strong>Data:</strong> <code>a&lt;b&gt;</code> &amp; c"
     )
+
+
+def test_forest_plot_marks() -> None:
+    """A significant gain is filled green at its place inside its interval; a difference
+    without spread has no interval; too few paired seeds is written n/a."""
+    paired = pd.DataFrame(
+        {
+            "configuration": ["dst", "famo", "nash"],
+            "task": ["Smiling"] * 3,
+            "pairs": [5, 5, 1],
+            "diff": [0.02, -0.01, float("nan")],
+            "ci_low": [0.01, float("nan"), float("nan")],
+            "ci_high": [0.03, float("nan"), float("nan")],
+            "p_exact": [0.06, 1.0, float("nan")],
+            "testable": [True, False, False],
+            "p_holm": [0.01, float("nan"), float("nan")],
+            "significant": ["gain", "", ""],
+        }
+    )
+    svg = forest_html(Forest(paired, ["mtl", "dst", "famo", "nash"]))
+    assert svg.count("<svg") == 1 and "Smiling" in svg
+    circles = re.findall(r'<circle cx="([\d.]+)"[^>]*fill="([^"]+)"', svg)
+    lines = re.findall(r'<line x1="([\d.]+)" y1="[\d.]+" x2="([\d.]+)"[^>]*stroke="#1a7f37"', svg)
+    assert [fill for _, fill in circles] == ["#1a7f37", "#fff"]  # dst filled, famo hollow
+    assert len(lines) == 1  # only dst has an interval
+    low, high = map(float, lines[0])
+    assert low < float(circles[0][0]) < high and float(circles[1][0]) < low
+    assert ">n/a</text>" in svg and "nash − MTL, Smiling: n/a (1 paired seed)" in svg
+    # one row per configuration compared (the baseline has none)
+    assert re.findall(r'font-size="11"><title>([^<]+)</title>', svg) == ["dst", "famo", "nash"]
 
 
 # --------------------------------------------------------------------------- in Chromium
