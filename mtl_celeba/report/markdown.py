@@ -100,8 +100,9 @@ class Pictures:
 
 @dataclass
 class Forest:
-    """The paired differences to MTL of one context (rows of ``Statistics.paired``, in
-    percentage points), for a forest plot; the Markdown shows them as the table before it."""
+    """The paired differences to MTL of one context (rows of ``Statistics.paired``, as
+    fractions) and its configurations in table order, for a forest plot; the Markdown has no
+    picture of them, only the table before it."""
 
     paired: pd.DataFrame
     configurations: list[str]
