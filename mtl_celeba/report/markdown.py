@@ -14,7 +14,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mtl_celeba.report.compare import CONTEXT_KEYS, GROUP_KEYS, Comparison, sort_groups
+from mtl_celeba.report.compare import (
+    CONTEXT_KEYS,
+    GROUP_KEYS,
+    MAJORITY_KEYS,
+    Comparison,
+    majority_rates,
+    not_above_majority,
+    sort_groups,
+)
 from mtl_celeba.report.runs import natural_key
 from mtl_celeba.report.statistics import (
     ALPHA,
@@ -139,6 +147,51 @@ def _section_tables(
         f"Gain over STL (percentage points, paired by seed where STL ran the seeds) and {DELTA_M} against STL:\n\n"
         + markdown_table(gain_stl.rename_axis("configuration").reset_index()),
     ]
+
+
+#: At most this many tasks are named in a majority-class sentence; the rest are counted.
+MAJORITY_TASKS_NAMED = 8
+
+
+def majority_sentences(below: pd.DataFrame, overall: pd.DataFrame) -> list[str]:
+    """In words, which configurations do not beat the majority-class rate (on the mean over
+    tasks, on which tasks), from :func:`~mtl_celeba.report.compare.not_above_majority`; first,
+    per (backbone, attribute set, scale) of ``overall`` (the report's configurations) where
+    none beats it on the mean, a sentence saying so."""
+    sections = overall[MAJORITY_KEYS].drop_duplicates().shape[0]
+    sentences = []
+    for values, group in overall.groupby(MAJORITY_KEYS, sort=False):
+        at_or_below = below[
+            (below[MAJORITY_KEYS] == pd.Series(values, index=MAJORITY_KEYS)).all(axis=1)
+            & below["on_mean"]
+        ]
+        if len(at_or_below) == len(group):
+            scale, backbone, attribute_set = values
+            sentences.append(
+                f"No configuration of {backbone} · {attribute_set} · {scale} beats the "
+                "majority-class rate on the mean over tasks."
+            )
+    for row in below.itertuples(index=False):
+        where = f" ({row.backbone} · {row.attribute_set} · {row.scale})" if sections > 1 else ""
+        parts = []
+        if row.on_mean:
+            parts.append(
+                f"on the mean over tasks ({_percent(row.mean)}% vs {_percent(row.majority)}%)"
+            )
+        if row.tasks:
+            named = ", ".join(
+                f"{task} ({_percent(mean)}% vs {_percent(rate)}%)"
+                for task, mean, rate in row.tasks[:MAJORITY_TASKS_NAMED]
+            )
+            more = len(row.tasks) - MAJORITY_TASKS_NAMED
+            named += f" and {more} more" if more > 0 else ""
+            parts.append(f"on {len(row.tasks)} task(s): {named}")
+        sentences.append(
+            f"**{row.configuration}**{where} does not beat the majority-class rate "
+            + " nor ".join(parts)
+            + "."
+        )
+    return sentences
 
 
 def stl_table(stl: pd.DataFrame) -> pd.DataFrame:
@@ -530,6 +583,22 @@ def render_markdown(
             markdown_table(summary_table(comparison, statistics)),
             "",
         ]
+        if header.metric == "accuracy":
+            below = not_above_majority(comparison, majority_rates(scores))
+            sentences = majority_sentences(below, comparison.overall)
+            lines += (
+                [
+                    "Majority-class baseline (always predicting each task's training majority "
+                    "class; test accuracy, mean over seeds vs the rate, at or below it counts):",
+                    "",
+                ]
+                + [f"- {sentence}" for sentence in sentences]
+                if sentences
+                else [
+                    "Every configuration beats the majority-class rate on every task and on the "
+                    "mean over tasks."
+                ]
+            ) + [""]
     majority = scores.groupby(["scale", "backbone", "attribute_set", "task"])[
         "majority_accuracy"
     ].mean()
