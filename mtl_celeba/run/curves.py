@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from mtl_celeba.run.layout import CURVES_PNG, METRICS_CSV
 from mtl_celeba.run.results import read_results
@@ -151,6 +151,7 @@ def curves_figure(
     ]
     low, high = accuracy_range(mean_values)
     mean_axis.set_ylim(low, high)
+    mean_axis.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     loss_axis.set_title("loss (sum over tasks of the mean BCE)", fontsize=10)
     mean_axis.set_title(
         "accuracy, mean over tasks" + (f" ({_range_words(low, high)})" if low > 0 else ""),
@@ -195,6 +196,7 @@ def _task_panels(
             )
         axis.set_title(task, fontsize=8, pad=2)
         axis.set_ylim(low, high)
+        axis.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         axis.grid(alpha=0.3)
         axis.tick_params(labelsize=7)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
