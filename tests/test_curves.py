@@ -130,7 +130,8 @@ def test_write_run_curves_reads_the_majority_rate_and_titles_without_paths(
     results = {
         "config": {"strategy": "dst", "backbone": "cpu_cnn", "attribute_set": "custom"},
         "attributes": ["T00", "T01"],
-        "majority_accuracy": {"T00": 0.6, "T01": 0.7},
+        "majority_accuracy": {"T00": 0.6, "T01": 0.7},  # test
+        "val_majority_accuracy": {"T00": 0.62, "T01": 0.66},
     }
     (run / "metrics.json").write_text(json.dumps(results))
     assert run_title(run, results) == "run 7: dst · cpu_cnn · custom (2 tasks)"
@@ -140,8 +141,18 @@ def test_write_run_curves_reads_the_majority_rate_and_titles_without_paths(
         write_run_curves(run)
     title = drawn["f"]._suptitle.get_text()
     assert str(tmp_path) not in title and "/" not in title
+    # the curves are validation accuracies: the val split's majority rate is drawn beside them
+    dashed = [line.get_ydata()[0] for a in drawn["f"].axes[2:] for line in a.lines[1:]]
+    assert dashed == pytest.approx([0.62, 0.66])
+    assert "(val split)" in drawn["f"].subfigs[1]._suptitle.get_text()
+    del results["val_majority_accuracy"]  # a run from before it was recorded: test's, said so
+    (run / "metrics.json").write_text(json.dumps(results))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mtl_celeba.io.save_figure", lambda figure, path: drawn.update(f=figure))
+        write_run_curves(run)
     dashed = [line.get_ydata()[0] for a in drawn["f"].axes[2:] for line in a.lines[1:]]
     assert dashed == pytest.approx([0.6, 0.7])
+    assert "(test split)" in drawn["f"].subfigs[1]._suptitle.get_text()
 
 
 def test_write_run_curves_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -112,13 +112,16 @@ def _range_words(low: float, high: float) -> str:
 
 
 def curves_figure(
-    table: pd.DataFrame, title: str = "", majority: Mapping[str, float] | None = None
+    table: pd.DataFrame,
+    title: str = "",
+    majority: Mapping[str, float] | None = None,
+    majority_split: str = "val",
 ) -> Figure:
     """Loss and mean accuracy (train and validation) per epoch on top, then one small panel per
     task with its validation accuracy.
 
-    ``majority`` (task -> accuracy of always predicting the training majority class, from
-    metrics.json) is drawn as a dashed line where accuracies are: in every task panel, and its
+    ``majority`` (task -> accuracy on ``majority_split`` of always predicting the training
+    majority class, from metrics.json) is drawn as a dashed line where accuracies are: in every task panel, and its
     mean over the tasks in the mean-accuracy panel. Accuracy axes start at or below the
     majority rate and say their range; the task panels share one y-range, so their heights
     compare. Every legend sits inside its own panel.
@@ -164,7 +167,7 @@ def curves_figure(
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="small", loc="best")
     if tasks:
-        _task_panels(bottom, table, tasks, majority, rows, columns)
+        _task_panels(bottom, table, tasks, majority, majority_split, rows, columns)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
@@ -175,6 +178,7 @@ def _task_panels(
     table: pd.DataFrame,
     tasks: Sequence[str],
     majority: Mapping[str, float],
+    majority_split: str,
     rows: int,
     columns: int,
 ) -> None:
@@ -203,7 +207,7 @@ def _task_panels(
     figure.supxlabel("epoch", fontsize=9)
     figure.suptitle(
         f"val accuracy per task (solid), {len(tasks)} task(s); every panel {_range_words(low, high)}"
-        + ("; dashed: the majority-class rate (test split)" if majority else ""),
+        + (f"; dashed: the majority-class rate ({majority_split} split)" if majority else ""),
         fontsize=10,
     )
 
@@ -240,8 +244,12 @@ def write_run_curves(run_dir: str | Path) -> Path | None:
         except (OSError, ValueError):
             results = {}  # no metrics.json: the curves without the majority-class rate
         path = run_dir / CURVES_PNG
+        # the baseline of the split the curves show; runs from before it was recorded: test's
+        split, majority = "val", results.get("val_majority_accuracy")
+        if not majority:
+            split, majority = "test", results.get("majority_accuracy")
         figure = curves_figure(
-            table, title=run_title(run_dir, results), majority=results.get("majority_accuracy")
+            table, title=run_title(run_dir, results), majority=majority, majority_split=split
         )
         save_figure(figure, path)
         return path
