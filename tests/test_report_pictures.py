@@ -48,7 +48,7 @@ def test_report_says_which_configuration_does_not_beat_the_majority_rate(tmp_pat
     )
     assert (
         "**mtl** does not beat the majority-class rate on the mean over tasks (59.67% vs 62.33%) "
-        "nor on 2 task(s): Male (57.00% vs 58.00%), Young (61.00% vs 77.00%)."
+        "nor on 2 task(s): Young (61.00% vs 77.00%), Male (57.00% vs 58.00%)."
     ) in summary
     assert (
         "**dst (all)** does not beat the majority-class rate on 1 task(s): Young (73.50% vs 77.00%)."
@@ -96,7 +96,7 @@ def test_val_curves_draw_the_mean_majority_rate(tmp_path: Path, drawn: dict[str,
     assert rate.get_ydata()[0] == pytest.approx(mean_rate)
     low, high = axis.get_ylim()
     assert 0 < low <= 50 and high >= mean_rate and f"axis {low:.0f}-{high:.0f}" in axis.get_ylabel()
-    assert plots.MAJORITY_LABEL in [t.get_text() for t in axis.get_legend().get_texts()]
+    assert f"{plots.MAJORITY_LABEL} (test)" in [t.get_text() for t in axis.get_legend().get_texts()]
 
 
 def forty_tasks(seeds: int) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:

@@ -284,7 +284,7 @@ def not_above_majority(comparison: Comparison, majority: pd.DataFrame) -> pd.Dat
 
     Columns: the configuration's keys, ``mean`` and ``majority`` (means over tasks),
     ``on_mean`` (at or below on the mean) and ``tasks`` (a list of (task, mean, majority) at
-    or below the rate), all as fractions. Only for accuracy: the rate is an accuracy.
+    or below the rate, the furthest below first), all as fractions. Only for accuracy: the rate is an accuracy.
     """
     keys = [*GROUP_KEYS, "configuration"]
     columns = [*keys, "mean", "majority", "on_mean", "tasks"]
@@ -293,6 +293,9 @@ def not_above_majority(comparison: Comparison, majority: pd.DataFrame) -> pd.Dat
     rows = []
     for values, group in per_task.groupby(keys, sort=False):
         below = group[group["mean"] <= group["majority"]]
+        below = below.assign(short=(below["mean"] - below["majority"]).round(6)).sort_values(
+            "short", kind="stable"
+        )  # the furthest below first
         mean = overall.loc[values, "mean"]
         # the mean rate only where every task has one, as the configuration's mean has them all
         rate = group["majority"].mean() if group["majority"].notna().all() else np.nan

@@ -185,7 +185,17 @@ def majority_sentences(below: pd.DataFrame, overall: pd.DataFrame) -> list[str]:
             )
             more = len(row.tasks) - MAJORITY_TASKS_NAMED
             named += f" and {more} more" if more > 0 else ""
-            parts.append(f"on {len(row.tasks)} task(s): {named}")
+            tied = sum(
+                bool(np.isclose(mean, rate, rtol=0, atol=1e-6)) for _, mean, rate in row.tasks
+            )
+            at = (
+                ""
+                if not tied
+                else ", all exactly at it"
+                if tied == len(row.tasks)
+                else f", {tied} of them exactly at it"
+            )
+            parts.append(f"on {len(row.tasks)} task(s){at}: {named}")
         sentences.append(
             f"**{row.configuration}**{where} does not beat the majority-class rate "
             + " nor ".join(parts)

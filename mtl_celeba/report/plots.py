@@ -259,7 +259,7 @@ def plot_val_curves(
         rate = majority.get((backbone, attribute_set), np.nan)
         if np.isfinite(rate):
             axis.axhline(100 * rate, color="black", linestyle="--", linewidth=1.2)
-            axis.plot([], [], color="black", linestyle="--", label=MAJORITY_LABEL)
+            axis.plot([], [], color="black", linestyle="--", label=f"{MAJORITY_LABEL} (test)")
         low, high = accuracy_range([*panel["value"], rate])
         axis.set_ylim(100 * low, 100 * high)
         axis.set_xlabel("epochs trained")
@@ -272,7 +272,7 @@ def plot_val_curves(
         axis.grid(alpha=0.3)
         # List the configurations in the order of the report's tables, not the order of the runs.
         handles, labels = axis.get_legend_handles_labels()
-        rank = {label: i for i, label in enumerate([*colours, MAJORITY_LABEL])}
+        rank = {label: i for i, label in enumerate([*colours, f"{MAJORITY_LABEL} (test)"])}
         order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
         axis.legend(
             [handles[i] for i in order],
