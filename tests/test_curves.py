@@ -180,6 +180,9 @@ def test_training_run_writes_csv_and_curves(compose_train, tmp_path: Path) -> No
         assert table[f"train/loss/{task}"].gt(0).all()
     assert table["val/loss"].notna().all() and table["train/accuracy/mean"].notna().all()
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG
+    # the baseline of the split the curves show, recorded for every task
+    assert set(results["val_majority_accuracy"]) == set(results["attributes"])
+    assert all(0.0 <= v <= 1.0 for v in results["val_majority_accuracy"].values())
 
 
 def test_logger_groups(compose_train) -> None:
