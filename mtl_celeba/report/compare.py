@@ -256,3 +256,58 @@ def wide_table(comparison: Comparison) -> pd.DataFrame:
     wide = wide[[(value, task) for task in tasks for value in values]]
     wide.columns = [f"{task}_{value}" for value, task in wide.columns]
     return overall.merge(wide.reset_index(), on=GROUP_KEYS, how="left")
+
+
+# --------------------------------------------------------------------------- majority class
+
+#: What the majority-class baseline is compared within: its rate depends on the data only.
+MAJORITY_KEYS = ["scale", "backbone", "attribute_set"]
+
+
+def majority_rates(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per (scale, backbone, attribute set, task) the test accuracy of always predicting the
+    training majority class (``majority``), mean over the runs that recorded it."""
+    if "majority_accuracy" not in scores:
+        return pd.DataFrame(columns=[*MAJORITY_KEYS, "task", "majority"])
+    return (
+        scores.groupby([*MAJORITY_KEYS, "task"], sort=False)["majority_accuracy"]
+        .mean()
+        .rename("majority")
+        .dropna()
+        .reset_index()
+    )
+
+
+def not_above_majority(comparison: Comparison, majority: pd.DataFrame) -> pd.DataFrame:
+    """The configurations that do not beat the majority-class rate: one row per configuration
+    whose mean accuracy over seeds is at or below the rate on the mean over tasks or on a task.
+
+    Columns: the configuration's keys, ``mean`` and ``majority`` (means over tasks),
+    ``on_mean`` (at or below on the mean) and ``tasks`` (a list of (task, mean, majority) at
+    or below the rate, the furthest below first), all as fractions. Only for accuracy: the rate is an accuracy.
+    """
+    keys = [*GROUP_KEYS, "configuration"]
+    columns = [*keys, "mean", "majority", "on_mean", "tasks"]
+    per_task = comparison.per_task.merge(majority, on=[*MAJORITY_KEYS, "task"], how="left")
+    overall = comparison.overall.set_index(keys)
+    rows = []
+    for values, group in per_task.groupby(keys, sort=False):
+        below = group[group["mean"] <= group["majority"]]
+        below = below.assign(short=(below["mean"] - below["majority"]).round(6)).sort_values(
+            "short", kind="stable"
+        )  # the furthest below first
+        mean = overall.loc[values, "mean"]
+        # the mean rate only where every task has one, as the configuration's mean has them all
+        rate = group["majority"].mean() if group["majority"].notna().all() else np.nan
+        on_mean = bool(mean <= rate)
+        if on_mean or not below.empty:
+            rows.append(
+                [
+                    *values,
+                    mean,
+                    rate,
+                    on_mean,
+                    list(below[["task", "mean", "majority"]].itertuples(index=False, name=None)),
+                ]
+            )
+    return sort_groups(pd.DataFrame(rows, columns=columns))

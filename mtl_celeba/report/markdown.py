@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mtl_celeba.report.compare import CONTEXT_KEYS, GROUP_KEYS, Comparison, sort_groups
+from mtl_celeba.report.compare import (
+    CONTEXT_KEYS,
+    GROUP_KEYS,
+    MAJORITY_KEYS,
+    Comparison,
+    majority_rates,
+    not_above_majority,
+    sort_groups,
+)
 from mtl_celeba.report.runs import natural_key
 from mtl_celeba.report.statistics import (
     ALPHA,
@@ -201,6 +209,61 @@ def _section_tables(
         ),
         Table(gain_stl.rename_axis("configuration").reset_index()),
     ]
+
+
+#: At most this many tasks are named in a majority-class sentence; the rest are counted.
+MAJORITY_TASKS_NAMED = 8
+
+
+def majority_sentences(below: pd.DataFrame, overall: pd.DataFrame) -> list[str]:
+    """In words, which configurations do not beat the majority-class rate (on the mean over
+    tasks, on which tasks), from :func:`~mtl_celeba.report.compare.not_above_majority`; first,
+    per (backbone, attribute set, scale) of ``overall`` (the report's configurations) where
+    none beats it on the mean, a sentence saying so."""
+    sections = overall[MAJORITY_KEYS].drop_duplicates().shape[0]
+    sentences = []
+    for values, group in overall.groupby(MAJORITY_KEYS, sort=False):
+        at_or_below = below[
+            (below[MAJORITY_KEYS] == pd.Series(values, index=MAJORITY_KEYS)).all(axis=1)
+            & below["on_mean"]
+        ]
+        if len(at_or_below) == len(group):
+            scale, backbone, attribute_set = values
+            sentences.append(
+                f"No configuration of {backbone} · {attribute_set} · {scale} beats the "
+                "majority-class rate on the mean over tasks."
+            )
+    for row in below.itertuples(index=False):
+        where = f" ({row.backbone} · {row.attribute_set} · {row.scale})" if sections > 1 else ""
+        parts = []
+        if row.on_mean:
+            parts.append(
+                f"on the mean over tasks ({_percent(row.mean)}% vs {_percent(row.majority)}%)"
+            )
+        if row.tasks:
+            named = ", ".join(
+                f"{task} ({_percent(mean)}% vs {_percent(rate)}%)"
+                for task, mean, rate in row.tasks[:MAJORITY_TASKS_NAMED]
+            )
+            more = len(row.tasks) - MAJORITY_TASKS_NAMED
+            named += f" and {more} more" if more > 0 else ""
+            tied = sum(
+                bool(np.isclose(mean, rate, rtol=0, atol=1e-6)) for _, mean, rate in row.tasks
+            )
+            at = (
+                ""
+                if not tied
+                else ", all exactly at it"
+                if tied == len(row.tasks)
+                else f", {tied} of them exactly at it"
+            )
+            parts.append(f"on {len(row.tasks)} task(s){at}: {named}")
+        sentences.append(
+            f"**{row.configuration}**{where} does not beat the majority-class rate "
+            + " nor ".join(parts)
+            + "."
+        )
+    return sentences
 
 
 def stl_table(stl: pd.DataFrame) -> pd.DataFrame:
@@ -591,6 +654,24 @@ def report_blocks(
         blocks += help_section(statistics, header.reference, schedules)
     if not comparison.overall.empty:
         blocks += [Heading(2, "Summary"), Table(summary_table(comparison, statistics))]
+        if header.metric == "accuracy":
+            below = not_above_majority(comparison, majority_rates(scores))
+            sentences = majority_sentences(below, comparison.overall)
+            if sentences:
+                blocks += [
+                    Paragraph(
+                        "Majority-class baseline (always predicting each task's training majority "
+                        "class; test accuracy, mean over seeds vs the rate, at or below it counts):"
+                    ),
+                    Bullets(sentences),
+                ]
+            else:
+                blocks.append(
+                    Paragraph(
+                        "Every configuration beats the majority-class rate on every task and on "
+                        "the mean over tasks."
+                    )
+                )
     majority = scores.groupby(["scale", "backbone", "attribute_set", "task"])[
         "majority_accuracy"
     ].mean()

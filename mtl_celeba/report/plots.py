@@ -3,6 +3,8 @@
 ``accuracy_by_strategy.png`` (per-task test metric by configuration), ``dst_activation.png``
 (DST activation probability per task over epochs, from ``dst_history.csv``) and
 ``val_curves.png`` (validation mean per epoch of every run, from its ``csv/metrics.csv``).
+Accuracy plots draw the majority-class rate where the accuracies are and say where their
+y-axis starts; above MAX_TASK_LINES tasks the DST plot is a heatmap, not a tangle of lines.
 Figures are drawn on matplotlib's non-interactive Agg canvas, without pyplot: no display and
 no global figure state, so the report runs on headless nodes and inside sweeps.
 """
@@ -21,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mtl_celeba.io import save_figure
-from mtl_celeba.run.curves import epoch_table, read_metrics_csv
+from mtl_celeba.run.curves import accuracy_range, epoch_table, read_metrics_csv
 from mtl_celeba.run.layout import DST_HISTORY
 from mtl_celeba.scheduling.names import REFERENCE
 
@@ -29,6 +31,10 @@ ACCURACY_PLOT = "accuracy_by_strategy.png"
 DST_PLOT = "dst_activation.png"
 CURVES_PLOT = "val_curves.png"
 PANEL_KEYS = ["backbone", "attribute_set"]
+#: The legend entry of the majority-class rate, in every plot that draws it.
+MAJORITY_LABEL = "majority class"
+#: Above this many tasks a DST panel is a task x epoch heatmap: 40 lines cannot be told apart.
+MAX_TASK_LINES = 10
 
 
 def colours_for(labels: Sequence[str]) -> dict[str, tuple[float, ...]]:
@@ -103,10 +109,18 @@ def plot_accuracy_by_strategy(
         if np.isfinite(rates).any():
             axis.hlines(
                 100 * rates, np.arange(len(tasks)) - 0.45, np.arange(len(tasks)) + 0.45,
-                colors="black", linewidths=1.5, label="majority class",
+                colors="black", linewidths=1.5, label=MAJORITY_LABEL,
             )  # fmt: skip
             lowest = min(lowest, float(np.nanmin(rates)))
-        axis.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right")
+        many = len(tasks) > 12  # upright labels would overlap: turn them, smaller
+        axis.set_xticks(
+            np.arange(len(tasks)),
+            tasks,
+            rotation=90 if many else 30,
+            ha="center" if many else "right",
+            fontsize="small" if many else None,
+        )
+        axis.set_xlim(-0.6, len(tasks) - 0.4)
         # Accuracies differ by a few points: start the axis below the lowest bar and the
         # majority rate, not at zero, and say so.
         bottom = max(0.0, np.floor(100 * lowest / 5) * 5 - 5)
@@ -149,19 +163,47 @@ def plot_dst_activation(history: pd.DataFrame, path: Path) -> None:
         .reset_index()
     )
     panels = list(mean.groupby(keys, sort=False))
-    figure, axes = _panels(len(panels), width=5.5, height=3.5, columns=min(len(panels), 2))
+    tasks = mean["task"].nunique()
+    heatmap = tasks > MAX_TASK_LINES
+    figure, axes = _panels(
+        len(panels),
+        width=6.5 if heatmap else 5.5,
+        height=max(3.5, 0.2 * tasks + 1.2) if heatmap else 3.5,
+        columns=min(len(panels), 2),
+    )
     for axis, ((backbone, attribute_set, drop_metrics), panel) in zip(axes, panels, strict=False):
-        for task, curve in panel.groupby("task", sort=False):
-            curve = curve.sort_values("epoch")
-            axis.plot(curve["epoch"], curve["activation_probability"], marker=".", label=task)
-        axis.set_ylim(-0.02, 1.02)
+        if heatmap:
+            _activation_heatmap(figure, axis, panel)
+        else:
+            for task, curve in panel.groupby("task", sort=False):
+                curve = curve.sort_values("epoch")
+                axis.plot(curve["epoch"], curve["activation_probability"], marker=".", label=task)
+            axis.set_ylim(-0.02, 1.02)
+            axis.set_ylabel("activation probability")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize="x-small", ncols=2, loc="best")
         axis.set_xlabel("epoch k (P sets the gates of epoch k + 1)")
-        axis.set_ylabel("activation probability")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(f"{backbone} · {attribute_set} · DST ({drop_metrics})", fontsize="medium")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small", ncols=2)
     save_figure(figure, path)
+
+
+def _activation_heatmap(figure: Figure, axis: Any, panel: pd.DataFrame) -> None:
+    """Activation probability as a task x epoch heatmap (0..1), one labelled row per task."""
+    grid = panel.pivot(index="task", columns="epoch", values="activation_probability")
+    grid = grid.reindex(list(dict.fromkeys(panel["task"])))
+    epochs = grid.columns.to_numpy()
+    image = axis.imshow(
+        grid.to_numpy(float),
+        aspect="auto",
+        cmap="viridis",
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+        extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(grid) - 0.5, -0.5),
+    )
+    axis.set_yticks(np.arange(len(grid)), grid.index, fontsize=7)
+    figure.colorbar(image, ax=axis, label="activation probability")
 
 
 # --------------------------------------------------------------------------- validation curves
@@ -186,8 +228,21 @@ def read_val_curves(scores: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, li
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), without
 
 
-def plot_val_curves(curves: pd.DataFrame, metric: str, colours: dict[str, Any], path: Path) -> None:
-    """Validation mean per epoch, one line per run coloured by configuration; a panel per backbone/attribute set."""
+def plot_val_curves(
+    curves: pd.DataFrame,
+    metric: str,
+    colours: dict[str, Any],
+    path: Path,
+    majority: Mapping[tuple[str, str], float] | None = None,
+) -> None:
+    """Validation mean per epoch, one line per run coloured by configuration; a panel per
+    backbone/attribute set.
+
+    ``majority`` ((backbone, attribute set) -> the majority-class rate, mean over tasks) is
+    drawn as a dashed black line when the metric is accuracy; the y-axis holds it and states
+    its range when it does not start at zero.
+    """
+    majority = dict(majority or {}) if metric == "accuracy" else {}
     panels = list(curves.groupby(PANEL_KEYS, sort=False))
     figure, axes = _panels(len(panels), width=6.5, height=3.8)
     for axis, ((backbone, attribute_set), panel) in zip(axes, panels, strict=False):
@@ -201,14 +256,24 @@ def plot_val_curves(curves: pd.DataFrame, metric: str, colours: dict[str, Any], 
                 label=None if label in labelled else label,
             )
             labelled.add(label)
+        rate = majority.get((backbone, attribute_set), np.nan)
+        if np.isfinite(rate):
+            axis.axhline(100 * rate, color="black", linestyle="--", linewidth=1.2)
+            axis.plot([], [], color="black", linestyle="--", label=f"{MAJORITY_LABEL} (test)")
+        low, high = accuracy_range([*panel["value"], rate])
+        axis.set_ylim(100 * low, 100 * high)
         axis.set_xlabel("epochs trained")
-        axis.set_ylabel(f"val {metric}, mean over tasks (%)")
+        axis.set_ylabel(
+            f"val {metric}, mean over tasks (%)"
+            + (f", axis {100 * low:.0f}-{100 * high:.0f}" if low > 0 else "")
+        )
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(f"{backbone} · {attribute_set}")
         axis.grid(alpha=0.3)
         # List the configurations in the order of the report's tables, not the order of the runs.
         handles, labels = axis.get_legend_handles_labels()
-        order = sorted(range(len(labels)), key=lambda i: list(colours).index(labels[i]))
+        rank = {label: i for i, label in enumerate([*colours, f"{MAJORITY_LABEL} (test)"])}
+        order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
         axis.legend(
             [handles[i] for i in order],
             [labels[i] for i in order],
@@ -270,7 +335,13 @@ def write_plots(
             f"No validation curves in the runs' csv/metrics.csv: {CURVES_PLOT} is not drawn."
         )
     else:
-        plot_val_curves(curves, metric, colours, out_dir / CURVES_PLOT)
+        rates = (
+            scores.groupby([*PANEL_KEYS, "task"])["majority_accuracy"].mean()
+            .groupby(level=PANEL_KEYS).mean().to_dict()
+            if "majority_accuracy" in scores
+            else {}
+        )  # fmt: skip
+        plot_val_curves(curves, metric, colours, out_dir / CURVES_PLOT, rates)
         written.append(CURVES_PLOT)
     return written, notes
 

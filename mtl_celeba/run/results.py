@@ -188,6 +188,8 @@ def evaluation_results(model: Any, datamodule: Any) -> dict[str, Any]:
         "label_counts": per_task(datamodule.label_counts("train")),
         "task_depths": per_task(model.task_depths),
         "majority_accuracy": per_task(datamodule.majority_accuracy("test")),
+        # the same baseline on the split the curves show (curves.png)
+        "val_majority_accuracy": per_task(datamodule.majority_accuracy("val")),
         **{
             split: split_results(tasks, model.results[split])
             for split in ("val", "test")
