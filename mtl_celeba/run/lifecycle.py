@@ -4,8 +4,9 @@ Every way a run can end is written down: ``completed``; ``failed`` with the erro
 as one line naming the mount); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
 exit status 143; Ctrl-C (SIGINT) as ``interrupted``, exit status 130 and a line saying how to
 resume; a submitit time-limit or preemption signal whose hook requeues the job
-(:func:`note_requeue`) as ``requeued``, with submitit's own exit. The wall time and the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`)
-are recorded whatever the ending. Light on imports: mtl-train enters it before torch is loaded.
+(:func:`note_requeue`) as ``requeued``, with submitit's own exit status. The wall time and
+the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`) are recorded whatever the
+ending. Light on imports: mtl-train enters it before torch is loaded.
 """
 
 from __future__ import annotations
