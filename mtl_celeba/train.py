@@ -171,13 +171,19 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str,
 
     from mtl_celeba.run.progress import EpochProgressBar
     from mtl_celeba.run.tensorboard import add_task_curves_layout
+    from mtl_celeba.sweeps.requeue import cluster_plugins
 
     if cfg.trainer.get("enable_progress_bar", True) and not any(
         isinstance(c, ProgressBar) for c in callbacks
     ):
         callbacks = [*callbacks, EpochProgressBar()]
     loggers = instantiate_loggers(cfg)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra: dict[str, Any] = {}
+    cluster = cluster_plugins()  # in a submitit SLURM job: Lightning's auto-requeue off
+    if cluster:
+        configured = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+        extra["plugins"] = [*configured, *cluster]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     hparams["precision"] = str(trainer.precision)  # what Lightning runs: 16-mixed is bf16 on CPU
     for logger in loggers:
         logger.log_hyperparams({k: v for k, v in hparams.items() if v is not None})

@@ -39,7 +39,7 @@ def test_every_grid_experiment_resumes(experiment):
     ("launcher", "target"),
     [
         ("gpu_pool", "hydra_plugins.mtl_celeba_launcher.gpu_pool.GpuPoolLauncher"),
-        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("slurm", "hydra_plugins.mtl_celeba_launcher.requeue.RequeueSlurmLauncher"),
     ],
 )
 def test_launchers_compose(launcher, target):

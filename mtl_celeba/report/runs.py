@@ -246,6 +246,8 @@ def _failure_reason(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
             "never finished: status is still 'running' (killed, out of memory or timed out)",
             results,
         )
+    if status == "requeued":
+        return "requeued at a time limit or preemption: its next attempt has not finished", results
     if status != "completed":
         return f"unknown status {status!r}", results
     per_task = (results.get("test") or {}).get("per_task")

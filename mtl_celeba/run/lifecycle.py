@@ -3,8 +3,10 @@
 Every way a run can end is written down: ``completed``; ``failed`` with the error (a full disk
 as one line naming the mount); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
 exit status 143; Ctrl-C (SIGINT) as ``interrupted``, exit status 130 and a line saying how to
-resume. The wall time and the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`)
-are recorded whatever the ending. Light on imports: mtl-train enters it before torch is loaded.
+resume; a submitit time-limit or preemption signal whose hook requeues the job
+(:func:`note_requeue`) as ``requeued``, with submitit's own exit status. The wall time and
+the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`) are recorded whatever the
+ending. Light on imports: mtl-train enters it before torch is loaded.
 """
 
 from __future__ import annotations
@@ -84,6 +86,19 @@ class RunRecord:
                 self.run_dir,
             )
             return SystemExit(128 + signal.SIGINT)
+        if _requeue_reason is not None and isinstance(error, SystemExit):
+            # submitit's signal handler exits after requeuing the job; its exit code stays
+            self.results.update(
+                status="requeued",
+                error=f"{_requeue_reason}: requeued, the next attempt resumes from "
+                "checkpoints/last.ckpt",
+            )
+            log.warning(
+                "%s requeued: the next attempt resumes from its checkpoints/last.ckpt (%s)",
+                self.run_dir,
+                _requeue_reason,
+            )
+            return None
         if stopped_by_sigterm(error):
             # Lightning stops at the next step on SIGTERM by raising a SystemExit without a
             # code, which exits 0: a scheduler would count the stopped job as finished.
@@ -93,6 +108,17 @@ class RunRecord:
         failure = disk_full or error
         self.results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
         return disk_full
+
+
+#: Why the job was requeued, once a requeue hook said so (this process then ends).
+_requeue_reason: str | None = None
+
+
+def note_requeue(reason: str) -> None:
+    """Record that this job is being requeued (called by submitit's checkpoint hook, in the
+    signal handler, just before submitit exits): the run then ends as ``requeued``."""
+    global _requeue_reason
+    _requeue_reason = reason
 
 
 class SigtermHandler:

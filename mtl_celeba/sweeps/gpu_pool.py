@@ -124,7 +124,8 @@ def completed_run(job_dir: Path, overrides: Sequence[str]) -> bool:
 
     Finished: its ``metrics.json`` says ``completed``. Same job: its ``.hydra/overrides.yaml``
     lists the same overrides, so a rerun of a changed grid never skips a job whose number now
-    stands for another configuration.
+    stands for another configuration. ``resume=auto`` (where to start from, not what to
+    train) is left out of the comparison.
     """
     try:
         status = read_results(job_dir).get("status")
@@ -134,8 +135,9 @@ def completed_run(job_dir: Path, overrides: Sequence[str]) -> bool:
         recorded = OmegaConf.to_container(OmegaConf.load(job_dir / OVERRIDES_YAML))
     except Exception:  # missing or unreadable (OSError, YAML errors): not a job we can match
         return False
-    return (
-        status == "completed"
-        and isinstance(recorded, list)
-        and sorted(map(str, recorded)) == sorted(overrides)
+    if status != "completed" or not isinstance(recorded, list):
+        return False
+    # a job requeued at a SLURM time limit ran on with resume=auto (sweeps/requeue.py)
+    return sorted(o for o in map(str, recorded) if o != "resume=auto") == sorted(
+        o for o in overrides if o != "resume=auto"
     )
