@@ -17,7 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from mtl_celeba.errors import disk_full_error
+from mtl_celeba.errors import UnwritableError, disk_full_error, unwritable_error
+from mtl_celeba.run.layout import RESULTS_FILE
 from mtl_celeba.run.results import write_results
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,20 @@ class RunRecord:
             "config_hash": config_hash,
         }
         self._sigterm = SigtermHandler()
+        self._threads = ThreadErrors()
 
     def __enter__(self) -> RunRecord:
         try:
             write_results(self.run_dir, self.results)
         except BaseException as error:
             self._sigterm.restore()
-            raise (disk_full_error(error, self.run_dir) or error) from None
+            raise (self._one_line(error) or error) from None
+        self._threads.install()
         return self
+
+    def _one_line(self, error: BaseException) -> Exception | None:
+        """A full disk or an unwritable folder as a one-line error, else None."""
+        return disk_full_error(error, self.run_dir) or unwritable_error(error, self.run_dir)
 
     def __exit__(
         self,
@@ -59,6 +66,7 @@ class RunRecord:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
+        self._threads.restore()
         replacement = self._record_failure(error) if error is not None else None
         self._sigterm.restore()
         finished = time.perf_counter()
@@ -68,7 +76,15 @@ class RunRecord:
         try:
             write_results(self.run_dir, self.results)
         except OSError as write_error:
-            raise (disk_full_error(write_error, self.run_dir) or write_error) from None
+            cause = self._one_line(write_error) or write_error
+            if error is None:
+                raise cause from None
+            # keep the first error; say that the record could not be written
+            raise UnwritableError(
+                f"{self.results.get('error')}; and the record {self.run_dir / RESULTS_FILE} "
+                f"could not be written ({write_error.strerror or write_error}), so it still says "
+                "running: resume=auto skips the folder while it is not writable."
+            ) from None
         if replacement is not None:
             raise replacement from None
         return False  # the original error, if any, goes on
@@ -89,10 +105,41 @@ class RunRecord:
             # code, which exits 0: a scheduler would count the stopped job as finished.
             self.results.update(status="failed", error="stopped by SIGTERM before the end")
             return SystemExit(128 + signal.SIGTERM)
-        disk_full = disk_full_error(error, self.run_dir)
-        failure = disk_full or error
+        one_line = self._one_line(error)
+        if one_line is None and self._threads.first is not None:
+            # the first error may be a background thread's (the TensorBoard event writer's)
+            one_line = self._one_line(self._threads.first)
+        failure = one_line or error
         self.results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
-        return disk_full
+        return one_line
+
+
+class ThreadErrors:
+    """While a run trains: the first error of a background thread (TensorBoard's event writer,
+    a data loader's pin-memory thread) logged as one line and kept, instead of a traceback
+    printed from the thread that would scroll the run's own first error out of view."""
+
+    def __init__(self) -> None:
+        self.first: BaseException | None = None
+        self._previous = threading.excepthook
+
+    def install(self) -> None:
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+
+    def restore(self) -> None:
+        if threading.excepthook == self._hook:
+            threading.excepthook = self._previous
+
+    def _hook(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        log.warning(
+            "background thread %s failed: %s: %s", name, args.exc_type.__name__, args.exc_value
+        )
+        if self.first is None:
+            self.first = args.exc_value
 
 
 class SigtermHandler:
