@@ -155,6 +155,21 @@ def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_r
     ).read_text()
     leftovers = [p.name for p in (killed / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
     assert leftovers == [], "no temporary checkpoint files are left"
+    # TensorBoard: the killed attempt's events moved into the resumed one's, none twice
+    assert tensorboard_points(killed) == tensorboard_points(reference_dir)
+    log = (killed / "train.log").read_text()
+    assert log.count("resumed: this attempt continues the one logged above") == 1
+
+
+def tensorboard_points(run_dir: Path) -> list[tuple[str, int]]:
+    """Every (tag, step) of the scalars in a run's TensorBoard event files, sorted."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points = []
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            points += [(value.tag, event.step) for value in event.summary.value]
+    return sorted(points)
 
 
 @pytest.mark.slow
