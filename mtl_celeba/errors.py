@@ -128,7 +128,7 @@ def unwritable_error(
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in NOT_WRITABLE:
-            where = current.filename or folder
+            where = os.fsdecode(current.filename) if current.filename else folder
             return UnwritableError(
                 f"cannot write {where} ({current.strerror}): the run folder {folder} is not "
                 "writable; make it writable again (chmod u+w, or remount read-write) or point "

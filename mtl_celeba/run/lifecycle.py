@@ -80,10 +80,12 @@ class RunRecord:
             if error is None:
                 raise cause from None
             # keep the first error; say that the record could not be written
+            quiet_log_files()
+            first = str(replacement or self.results.get("error", "")).rstrip(".")
             raise UnwritableError(
-                f"{self.results.get('error')}; and the record {self.run_dir / RESULTS_FILE} "
-                f"could not be written ({write_error.strerror or write_error}), so it still says "
-                "running: resume=auto skips the folder while it is not writable."
+                f"{first}; the record {self.run_dir / RESULTS_FILE} could not be written either "
+                f"({write_error.strerror or write_error}), so it still says running: "
+                "resume=auto skips the folder while it is not writable."
             ) from None
         if replacement is not None:
             raise replacement from None
@@ -111,7 +113,17 @@ class RunRecord:
             one_line = self._one_line(self._threads.first)
         failure = one_line or error
         self.results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
+        if isinstance(one_line, UnwritableError):
+            quiet_log_files()
         return one_line
+
+
+def quiet_log_files() -> None:
+    """Once the run folder cannot be written: its log file (``train.log``) fails silently
+    instead of printing a "Logging error" traceback for every line (the console keeps them)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = lambda record: None  # type: ignore[method-assign]
 
 
 class ThreadErrors:
@@ -134,6 +146,8 @@ class ThreadErrors:
     def _hook(self, args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit or args.exc_value is None:
             return
+        if unwritable_error(args.exc_value, ".") is not None:
+            quiet_log_files()
         name = args.thread.name if args.thread is not None else "a thread"
         log.warning(
             "background thread %s failed: %s: %s", name, args.exc_type.__name__, args.exc_value
