@@ -190,8 +190,8 @@ def attribute_names(path: str | Path) -> list[str]:
 
 def split_sizes(partition_file: str | Path) -> dict[str, int]:
     """How many images each split has in ``list_eval_partition`` (txt or csv), by split name;
-    a line's last field is its partition code. Fast enough for the preflight (CelebA's 202,599
-    lines in about 0.1 s)."""
+    a line's last field is its partition code. Fast enough for the preflight: a file of
+    CelebA's 202,599 lines took 0.36 s on the 2-core CPU, under load from parallel work."""
     path = Path(partition_file)
     counts = dict.fromkeys(SPLITS.values(), 0)
     with open(path, encoding="utf-8-sig") as file:
