@@ -6,12 +6,14 @@ Each case is fed as a user would meet it and checked for the exit status (or the
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -435,3 +437,38 @@ def test_a_good_build_leaves_only_the_cache_file(tmp_path):
     array = load_or_build_cache(cache, "val", images, ["000001.jpg"], 16)
     assert array.shape == (1, 16, 16, 3)
     assert [path.suffix for path in cache.iterdir()] == [".npy"]
+
+
+def test_an_unwritable_file_mid_run_is_recorded_as_failed_with_one_line(tmp_path):
+    from mtl_celeba.errors import UnwritableError
+    from mtl_celeba.run.lifecycle import RunRecord
+    from mtl_celeba.run.resume import read_status
+
+    target = tmp_path / "checkpoints" / "epoch002.ckpt"
+    with pytest.raises(UnwritableError) as caught, RunRecord(tmp_path, "hash"):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+    assert f"cannot write {target} (Permission denied)" in str(caught.value)
+    status = read_status(tmp_path)
+    assert status["status"] == "failed" and str(target) in status["error"]
+
+
+def test_a_background_threads_error_is_one_line_and_kept_as_the_first(tmp_path, caplog, capsys):
+    """TensorBoard's writer thread fails first; the training loop's later error is a consequence."""
+    from mtl_celeba.errors import UnwritableError
+    from mtl_celeba.run.lifecycle import RunRecord
+    from mtl_celeba.run.resume import read_status
+
+    events = tmp_path / "tensorboard" / "events.out.tfevents.1"
+
+    def writer() -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system", str(events))
+
+    with pytest.raises(UnwritableError) as caught, RunRecord(tmp_path, "hash"):
+        thread = threading.Thread(target=writer, name="writer")
+        thread.start()
+        thread.join()
+        raise RuntimeError("Exception in _AsyncWriterThread")
+    assert f"cannot write {events} (Read-only file system)" in str(caught.value)
+    assert "background thread writer failed: PermissionError" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+    assert str(events) in read_status(tmp_path)["error"]
