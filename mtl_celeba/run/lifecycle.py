@@ -1,7 +1,8 @@
 """The life of one training run's record: ``metrics.json`` from ``running`` to its final status.
 
 Every way a run can end is written down: ``completed``; ``failed`` with the error (a full disk
-as one line naming the mount); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
+as one line naming the mount, a folder turned read-only as one line naming the file; when even
+``metrics.json`` cannot be written, the line says so); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
 exit status 143; Ctrl-C (SIGINT) as ``interrupted``, exit status 130 and a line saying how to
 resume. The wall time and the set-up/epoch split (:class:`~mtl_celeba.run.timing.JobTimer`)
 are recorded whatever the ending. Light on imports: mtl-train enters it before torch is loaded.
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from mtl_celeba.errors import UnwritableError, disk_full_error, unwritable_error
+from mtl_celeba.errors import UnwritableError, UserError, disk_full_error, unwritable_error
 from mtl_celeba.run.layout import RESULTS_FILE
 from mtl_celeba.run.results import write_results
 
@@ -81,7 +82,8 @@ class RunRecord:
                 raise cause from None
             # keep the first error; say that the record could not be written
             quiet_log_files()
-            first = str(replacement or self.results.get("error", "")).rstrip(".")
+            reason = replacement if isinstance(replacement, UserError) else None
+            first = str(reason or self.results.get("error", "")).rstrip(".")
             raise UnwritableError(
                 f"{first}; the record {self.run_dir / RESULTS_FILE} could not be written either "
                 f"({write_error.strerror or write_error}), so it still says running: "
