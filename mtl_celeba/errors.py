@@ -110,6 +110,34 @@ def disk_full_error(
     return None
 
 
+class UnwritableError(UserError):
+    """A folder the run writes to is read-only (or not the user's)."""
+
+
+#: errno values that mean "this folder cannot be written".
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def unwritable_error(
+    error: BaseException, folder: str | os.PathLike[str]
+) -> UnwritableError | None:
+    """A one-line :class:`UnwritableError` if ``error`` (or an error it was raised from or while
+    handling) is a permission or read-only-filesystem error; ``None`` otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in NOT_WRITABLE:
+            where = os.fsdecode(current.filename) if current.filename else folder
+            return UnwritableError(
+                f"cannot write {where} ({current.strerror}): the run folder {folder} is not "
+                "writable; make it writable again (chmod u+w, or remount read-write) or point "
+                "hydra.run.dir elsewhere."
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def print_user_error(error: UserError) -> None:
     """``error: ...`` on stderr, one line; the run folder's log file (when a Hydra job is
     logging to one) gets the same line, so that it ends as the console did."""

@@ -81,13 +81,12 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     import lightning as L
 
-    from mtl_celeba.models.module import MultiTaskModule
+    from mtl_celeba.cli.checkpoints import load_model
     from mtl_celeba.run.console import configure_lightning_output
 
     configure_lightning_output()
+    model = load_model(checkpoint)  # another version's checkpoint: one line, before the data
     datamodule = instantiate(train_cfg.data)
-    # weights=None: the checkpoint holds the trained weights; never download pretrained ones here
-    model = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu", weights=None)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, **cfg.trainer)
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(model, datamodule=datamodule, verbose=False)

@@ -34,6 +34,25 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         raise
 
 
+#: How :func:`atomic_open` names its temporary files: ``.<name>.<random>.tmp``.
+TEMPORARY_GLOB = ".*.tmp"
+
+
+def remove_leftover_temporaries(*folders: str | Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in ``folders``
+    (a SIGKILL skips :func:`atomic_open`'s clean-up); returns the files removed.
+
+    Call only where no other process is writing, e.g. a run folder its own run is starting in.
+    """
+    removed = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob(TEMPORARY_GLOB)):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)

@@ -83,6 +83,7 @@ def read_faces(
 ) -> Iterator[tuple[list[Path], np.ndarray]]:
     """Batches of (paths, (B, size, size, 3) uint8 faces); undecodable files are reported and skipped."""
     import numpy as np
+    from PIL import Image
 
     from mtl_celeba.data.images import load_face
 
@@ -93,6 +94,9 @@ def read_faces(
             faces.append(load_face(path, size))
         except DataError as error:
             print(f"skipped: {error}", file=sys.stderr)
+            continue
+        except Image.DecompressionBombError as error:  # not an OSError: load_face lets it by
+            print(f"skipped: image {path} is too large to decode safely ({error})", file=sys.stderr)
             continue
         batch.append(path)
         if len(batch) == batch_size:
@@ -154,18 +158,13 @@ def predict(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     """Predict every task for ``cfg.images`` with ``cfg.ckpt_path``; writes the CSV and the grid."""
     import numpy as np
 
-    from mtl_celeba.models.module import MultiTaskModule
+    from mtl_celeba.cli.checkpoints import load_model
 
     checkpoint = Path(str(cfg.ckpt_path))
-    if not checkpoint.is_file():
-        raise ConfigError(
-            f"ckpt_path {checkpoint} does not exist: pass a .ckpt file from a run's checkpoints/ folder."
-        )
-    size = int(training_config(checkpoint).data.image_size)
     paths = find_images(cfg.images)
     device = choose_device(str(cfg.device))
-    # weights=None: the checkpoint holds the trained weights; never download pretrained ones here
-    model = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu", weights=None)
+    model = load_model(checkpoint)  # missing, damaged or foreign: one line naming the file
+    size = int(training_config(checkpoint).data.image_size)
     model.eval().to(device)
     tasks = list(model.tasks)
     kept: list[Path] = []

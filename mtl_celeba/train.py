@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mtl_celeba.cli.checkpoints import check_trained_model
 from mtl_celeba.cli.hydra_app import hydra_entry
 from mtl_celeba.cli.validate import validate_train_config
 from mtl_celeba.config import hydra_choices, instantiate
 from mtl_celeba.data.attributes import resolve_attributes
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.run.layout import RESULTS_FILE
+from mtl_celeba.io import remove_leftover_temporaries
+from mtl_celeba.run.layout import CHECKPOINT_DIR, RESULTS_FILE
 from mtl_celeba.run.lifecycle import RunRecord
 from mtl_celeba.run.results import (
     RunConfig,
@@ -126,7 +128,16 @@ def resume_checkpoint(cfg: DictConfig, resumed: Path | None) -> str | None:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the results written to ``run_dir/metrics.json``."""
+    leftovers = remove_leftover_temporaries(run_dir, run_dir / CHECKPOINT_DIR)
+    if leftovers:  # a killed write (SIGKILL) skips its own clean-up
+        log.info(
+            "Removed %d temporary files left by a killed write: %s",
+            len(leftovers),
+            ", ".join(str(path.relative_to(run_dir)) for path in leftovers),
+        )
     resumed = auto_resume_checkpoint(cfg, run_dir)  # before metrics.json is rewritten below
+    if resumed is not None:  # train.log is appended to: mark where this attempt starts
+        log.info("%s resumed: this attempt continues the one logged above %s", "=" * 12, "=" * 12)
     if resumed is None and (run_dir / RESULTS_FILE).exists():
         removed = clear_earlier_attempt(run_dir)  # a sweep job starting over in its old folder
         if removed:
@@ -151,9 +162,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
+        if ckpt_path:  # another version's weights or hyperparameters: one line, not Lightning's
+            check_trained_model(ckpt_path, model)
         record.timer = JobTimer(record.started)
         callbacks = [*instantiate_callbacks(cfg), record.timer]
-        trainer = build_trainer(cfg, callbacks, results["config"])
+        resume_step = checkpoint_step(resumed) if resumed is not None else None
+        trainer = build_trainer(cfg, callbacks, results["config"], resume_step)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         results.update(evaluate_best(cfg, trainer, model, datamodule))
         log_final_metrics(trainer, results)
@@ -163,14 +177,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str, Any]) -> Any:
+def build_trainer(
+    cfg: DictConfig,
+    callbacks: list[Callback],
+    hparams: dict[str, Any],
+    resume_step: int | None = None,
+) -> Any:
     """The Lightning Trainer of ``cfg.trainer`` with the run's callbacks (plus the one-line
-    epoch progress bar unless another bar is configured) and loggers."""
+    epoch progress bar unless another bar is configured) and loggers.
+
+    ``resume_step``: the global step of the checkpoint a run resumes from in its own folder;
+    TensorBoard's events of the killed attempt before it move into this attempt's file."""
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from mtl_celeba.run.progress import EpochProgressBar
-    from mtl_celeba.run.tensorboard import add_task_curves_layout
+    from mtl_celeba.run.tensorboard import add_task_curves_layout, merge_earlier_events
     from mtl_celeba.sweeps.requeue import cluster_plugins
 
     if cfg.trainer.get("enable_progress_bar", True) and not any(
@@ -188,6 +210,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], hparams: dict[str,
     for logger in loggers:
         logger.log_hyperparams({k: v for k, v in hparams.items() if v is not None})
         if isinstance(logger, TensorBoardLogger):
+            if resume_step is not None:
+                carried = merge_earlier_events(logger, resume_step)
+                log.info("TensorBoard: carried %d events of the earlier attempt over", carried)
             add_task_curves_layout(logger)
     return trainer
 
@@ -257,6 +282,14 @@ def evaluate_best(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) ->
     if schedules:
         final["schedule"] = schedules[0]
     return final
+
+
+def checkpoint_step(checkpoint_path: str | Path) -> int:
+    """The global step a checkpoint was saved at, read without loading the weights."""
+    import torch
+
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    return int(state.get("global_step", 0))
 
 
 def torch_load_epoch(checkpoint_path: str) -> int:

@@ -99,7 +99,7 @@ def test_unknown_keys_and_options_say_did_you_mean(overrides, expected):
         [],
         ["-m", "seed=0,1", "model=resnet18,vgg16"],
         ["experiment=dst_vs_baselines"],
-        ["data=celeba", "data.root=/some/copy", "data.image_size=64"],
+        ["data=celeba", "data.root={celeba}", "data.image_size=64"],
         ["debug=fast", "trainer=cpu", "data.attributes=[Male,Smiling]"],
         ["data.label_noise=celeba"],
         ["trainer=gpu", "trainer.devices=[0,1]"],
@@ -107,8 +107,14 @@ def test_unknown_keys_and_options_say_did_you_mean(overrides, expected):
         ["trainer=ddp", "trainer.devices='0,1'"],
     ],
 )
-def test_valid_command_lines_pass(overrides, monkeypatch):
+def test_valid_command_lines_pass(overrides, monkeypatch, tmp_path):
     import torch
+
+    # the preflight reads a real CelebA's header and partition file: give it a small copy
+    from mtl_celeba.data.attributes import CELEBA_ATTRIBUTES
+
+    write_celeba_files(tmp_path, dict.fromkeys(CELEBA_ATTRIBUTES, [1, -1] * 4), PARTITION)
+    overrides = [override.format(celeba=tmp_path) for override in overrides]
 
     # the GPU command lines are valid where a GPU is visible (without one: test_gpu_* below)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

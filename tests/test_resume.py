@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,33 @@ def test_sigkill_in_the_second_epoch_then_resume_auto_matches_an_uninterrupted_r
     ).read_text()
     leftovers = [p.name for p in (killed / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
     assert leftovers == [], "no temporary checkpoint files are left"
+    # TensorBoard: the killed attempt's events moved into the resumed one's, none drawn twice;
+    # from the checkpoint's step on, every point of the uninterrupted run (before it, what
+    # SIGKILL caught unwritten, around the checkpoint's save, is lost with the process)
+    # (Lightning itself logs `epoch` beside the train and the val metrics: twice a step)
+    points = Counter(tensorboard_points(killed))
+    expected = Counter(tensorboard_points(reference_dir))
+    assert all(count <= expected[point] for point, count in points.items()), "none twice"
+    resume_step = state["global_step"]
+    later = {point: count for point, count in expected.items() if point[1] >= resume_step}
+    assert all(points[point] == count for point, count in later.items())
+    assert any(step < resume_step for _, step in points), "the killed attempt's events were kept"
+    assert len(list((killed / "tensorboard").glob("events.out.tfevents.*"))) == len(
+        list((reference_dir / "tensorboard").glob("events.out.tfevents.*"))
+    ), "no extra event file"
+    log = (killed / "train.log").read_text()
+    assert log.count("resumed: this attempt continues the one logged above") == 1
+
+
+def tensorboard_points(run_dir: Path) -> list[tuple[str, int]]:
+    """Every (tag, step) of the scalars in a run's TensorBoard event files, sorted."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points = []
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            points += [(value.tag, event.step) for value in event.summary.value]
+    return sorted(points)
 
 
 @pytest.mark.slow

@@ -204,8 +204,8 @@ def test_interrupted_generation_never_looks_complete(
     monkeypatch.setattr(faces, "render_face", render_then_fail)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_celeba(tmp_path, 30, seed=0, workers=1, progress=False)
-    # neither celeba/ nor the partial folder; the lock file stays (filelock leaves it by design)
-    assert [path.name for path in tmp_path.iterdir()] == ["celeba.lock"]
+    # neither celeba/ nor the partial folder nor the lock file
+    assert list(tmp_path.iterdir()) == []
 
     monkeypatch.setattr(faces, "render_face", real_render)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -215,7 +215,7 @@ def test_interrupted_generation_never_looks_complete(
     (left / "000001.jpg").write_bytes(b"half")
     folder = generate_synthetic_celeba(tmp_path, 30, seed=0, workers=1, progress=False)
     assert (folder / synthetic.MARKER).exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["celeba", "celeba.lock"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["celeba"]
 
 
 def test_ensure_reuses_a_matching_folder_without_regenerating(

@@ -19,6 +19,7 @@ Hydra proceeds as usual.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -219,9 +220,32 @@ def preflight(
     from hydra.types import RunMode
 
     multirun = args.multirun or cfg.hydra.mode == RunMode.MULTIRUN
-    if multirun or args.cfg:
+    if args.cfg:
+        return []
+    check_output_folder(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    if multirun:
         return []
     return resume_overrides(cfg, args.overrides)
+
+
+def check_output_folder(cfg: DictConfig, key: str) -> None:
+    """The run (or sweep) folder ``key`` names can be created and written: one line now, instead
+    of Hydra's ``Errno 30``/``Errno 13`` traceback once it tries to."""
+    try:
+        folder = Path(str(OmegaConf.select(cfg, key))).expanduser().absolute()
+    except OmegaConfBaseException:
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return
+    what = "is a file" if existing.exists() and not existing.is_dir() else "is not writable"
+    where = "" if existing == folder else f" ({existing}, where it would be created, {what})"
+    raise ConfigError(
+        f"{key} {folder} cannot be written{where or ': it ' + what}: make it writable or point "
+        f"{key} at a writable folder, e.g. {key}=$HOME/mtl-runs/run1 (nothing was written)."
+    )
 
 
 def hydra_entry(

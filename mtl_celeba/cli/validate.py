@@ -264,9 +264,66 @@ def check_gpu_available(cfg: DictConfig) -> None:
     )
 
 
+def check_attributes_and_splits(cfg: DictConfig) -> None:
+    """What can be known of the data before it is prepared: the attribute names (CelebA's 40;
+    for real CelebA the columns of its attribute file's header, with a did-you-mean) and that
+    each split has images (from ``data.num_images`` for synthetic data, from the partition
+    file for real CelebA). Reads two header lines and the partition file, never the images."""
+    from mtl_celeba.data.attributes import resolve_attributes
+    from mtl_celeba.errors import DataError, did_you_mean
+
+    attributes = lookup(cfg, "data.attributes")
+    names = []
+    if attributes is not _ABSENT:
+        names = resolve_attributes(
+            list(attributes) if OmegaConf.is_list(attributes) else [attributes]
+        )
+    task = lookup(cfg, "strategy.task")
+    if task not in (_ABSENT, None):
+        names = resolve_attributes([task], key="strategy.task")
+    source, root = lookup(cfg, "data.source"), lookup(cfg, "data.root")
+    if source == "synthetic":
+        from mtl_celeba.data.synthetic import MAX_IMAGES, MIN_IMAGES, partition_sizes
+
+        count = lookup(cfg, "data.num_images")
+        if not isinstance(count, int) or isinstance(count, bool):
+            return
+        if not MIN_IMAGES <= count <= MAX_IMAGES:
+            raise ConfigError(
+                f"data.num_images is {count}: choose between {MIN_IMAGES} and {MAX_IMAGES} "
+                "images (train, val and test each need some)."
+            )
+        sizes = dict(zip(("train", "val", "test"), partition_sizes(count), strict=True))
+        where = f"data.num_images={count}"
+    elif source == "celeba" and isinstance(root, str):
+        from mtl_celeba.data.celeba import attribute_names, find_layout, split_sizes
+
+        layout = find_layout(root)
+        header = attribute_names(layout.attributes_file)
+        for name in names:
+            if name not in header:
+                raise DataError(
+                    f"{layout.attributes_file} has no column {name!r} named in data.attributes."
+                    f"{did_you_mean(name, header, n=3)} Choose among the file's columns or use "
+                    "a complete attribute file."
+                )
+        sizes = split_sizes(layout.partition_file)
+        where = str(layout.partition_file)
+    else:
+        return
+    empty = [split for split, size in sizes.items() if size == 0]
+    if empty:
+        raise DataError(
+            f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of {where} "
+            f"{'have' if len(empty) > 1 else 'has'} no images ({sizes}): use more images, or "
+            "a partition file with images in each of train (0), val (1) and test (2)."
+        )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Check ``mtl-train``'s config; raises :class:`ConfigError` naming the key and the fix."""
     check_rules(cfg, TRAIN_RULES)
+    check_attributes_and_splits(cfg)
     check_gpu_available(cfg)
     epochs = (lookup(cfg, "trainer.min_epochs"), lookup(cfg, "trainer.max_epochs"))
     if isinstance(epochs[0], int) and epochs[0] > epochs[1]:

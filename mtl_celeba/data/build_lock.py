@@ -9,7 +9,8 @@ reach that point in the same second. The rules:
   builders can never write into or delete each other's files, and an interrupted build never
   looks finished. If two builders do finish, the second sees the first's result and drops its own.
 * **The lock only avoids duplicate work.** :func:`build_lock` takes a ``filelock.FileLock``
-  on ``<target>.lock`` (an OS ``flock``); the others log that they are waiting, with the lock
+  on ``<target>.lock`` (an OS ``flock``; the file is removed on release, even after a failed
+  build, so none is left behind); the others log that they are waiting, with the lock
   path, and reuse the result once the lock is free. The kernel releases a flock when its
   holder dies (even from SIGKILL), and NFSv4 does so when a dead client's lease expires.
 * **A lock that stays held is detected as stale.** Where a lock can outlive its builder (a
@@ -181,6 +182,11 @@ def build_lock(target: Path, what: str) -> Iterator[None]:
             yield
     finally:
         if held:
+            # remove the lock file while holding it, so none is left behind (filelock keeps it):
+            # a waiter already queued on it still gets it and finds the target built; a job
+            # arriving later locks a new file, and the partial names keep two builders safe
+            with suppress(OSError):
+                lock_path.unlink()
             lock.release()
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from mtl_celeba.data.build_lock import build_lock, partial_path, publish, remove_dead_partials
@@ -65,7 +66,13 @@ def _fill_chunk(
     """Decode the images of the chunk at ``start`` into ``array``; returns how many."""
     chunk = image_paths[start : start + _CHUNK]
     for offset, image_path in enumerate(chunk):
-        array[start + offset] = load_face(image_path, size, resize)
+        try:
+            array[start + offset] = load_face(image_path, size, resize)
+        except Image.DecompressionBombError as error:  # not an OSError: load_face lets it by
+            raise DataError(
+                f"image {image_path} is too large to decode safely ({error}): replace it with "
+                "the dataset's own copy (CelebA's aligned images are 178x218) or remove it."
+            ) from None
     return len(chunk)
 
 

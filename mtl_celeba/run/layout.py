@@ -43,8 +43,10 @@ def training_config(checkpoint: str | Path) -> DictConfig:
     path = checkpoint_run_dir(checkpoint) / CONFIG_YAML
     if not path.exists():
         raise ConfigError(
-            f"No training config at {path}: ckpt_path must point into a run folder written by "
-            "mtl-train (RUN/checkpoints/*.ckpt), whose .hydra/config.yaml describes the data."
+            f"ckpt_path {checkpoint} is not inside a run folder written by mtl-train: there is no "
+            f"{path}, which says what data (image size, attributes) it was trained on. Pass the "
+            "checkpoint where mtl-train wrote it (RUN/checkpoints/*.ckpt), or copy the run's "
+            ".hydra/ folder beside the checkpoints/ folder that holds it."
         )
     return OmegaConf.load(path)  # type: ignore[return-value]
 

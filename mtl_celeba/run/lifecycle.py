@@ -1,7 +1,8 @@
 """The life of one training run's record: ``metrics.json`` from ``running`` to its final status.
 
 Every way a run can end is written down: ``completed``; ``failed`` with the error (a full disk
-as one line naming the mount); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
+as one line naming the mount, a folder turned read-only as one line naming the file; when even
+``metrics.json`` cannot be written, the line says so); a SIGTERM (a scheduler's stop or preemption) as ``failed`` and
 exit status 143; Ctrl-C (SIGINT) as ``interrupted``, exit status 130 and a line saying how to
 resume; a submitit time-limit or preemption signal whose hook requeues the job
 (:func:`note_requeue`) as ``requeued``, with submitit's own exit status. The wall time and
@@ -19,7 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from mtl_celeba.errors import disk_full_error
+from mtl_celeba.errors import UnwritableError, UserError, disk_full_error, unwritable_error
+from mtl_celeba.run.layout import RESULTS_FILE
 from mtl_celeba.run.results import write_results
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,20 @@ class RunRecord:
             "config_hash": config_hash,
         }
         self._sigterm = SigtermHandler()
+        self._threads = ThreadErrors()
 
     def __enter__(self) -> RunRecord:
         try:
             write_results(self.run_dir, self.results)
         except BaseException as error:
             self._sigterm.restore()
-            raise (disk_full_error(error, self.run_dir) or error) from None
+            raise (self._one_line(error) or error) from None
+        self._threads.install()
         return self
+
+    def _one_line(self, error: BaseException) -> Exception | None:
+        """A full disk or an unwritable folder as a one-line error, else None."""
+        return disk_full_error(error, self.run_dir) or unwritable_error(error, self.run_dir)
 
     def __exit__(
         self,
@@ -61,6 +69,7 @@ class RunRecord:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
+        self._threads.restore()
         replacement = self._record_failure(error) if error is not None else None
         self._sigterm.restore()
         finished = time.perf_counter()
@@ -70,7 +79,18 @@ class RunRecord:
         try:
             write_results(self.run_dir, self.results)
         except OSError as write_error:
-            raise (disk_full_error(write_error, self.run_dir) or write_error) from None
+            cause = self._one_line(write_error) or write_error
+            if error is None:
+                raise cause from None
+            # keep the first error; say that the record could not be written
+            quiet_log_files()
+            reason = replacement if isinstance(replacement, UserError) else None
+            first = str(reason or self.results.get("error", "")).rstrip(".")
+            raise UnwritableError(
+                f"{first}; the record {self.run_dir / RESULTS_FILE} could not be written either "
+                f"({write_error.strerror or write_error}), so it still says running: "
+                "resume=auto skips the folder while it is not writable."
+            ) from None
         if replacement is not None:
             raise replacement from None
         return False  # the original error, if any, goes on
@@ -104,10 +124,53 @@ class RunRecord:
             # code, which exits 0: a scheduler would count the stopped job as finished.
             self.results.update(status="failed", error="stopped by SIGTERM before the end")
             return SystemExit(128 + signal.SIGTERM)
-        disk_full = disk_full_error(error, self.run_dir)
-        failure = disk_full or error
+        one_line = self._one_line(error)
+        if one_line is None and self._threads.first is not None:
+            # the first error may be a background thread's (the TensorBoard event writer's)
+            one_line = self._one_line(self._threads.first)
+        failure = one_line or error
         self.results.update(status="failed", error=f"{type(failure).__name__}: {failure}")
-        return disk_full
+        if isinstance(one_line, UnwritableError):
+            quiet_log_files()
+        return one_line
+
+
+def quiet_log_files() -> None:
+    """Once the run folder cannot be written: its log file (``train.log``) fails silently
+    instead of printing a "Logging error" traceback for every line (the console keeps them)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = lambda record: None  # type: ignore[method-assign]
+
+
+class ThreadErrors:
+    """While a run trains: the first error of a background thread (TensorBoard's event writer,
+    a data loader's pin-memory thread) logged as one line and kept, instead of a traceback
+    printed from the thread that would scroll the run's own first error out of view."""
+
+    def __init__(self) -> None:
+        self.first: BaseException | None = None
+        self._previous = threading.excepthook
+
+    def install(self) -> None:
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+
+    def restore(self) -> None:
+        if threading.excepthook == self._hook:
+            threading.excepthook = self._previous
+
+    def _hook(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        if unwritable_error(args.exc_value, ".") is not None:
+            quiet_log_files()
+        name = args.thread.name if args.thread is not None else "a thread"
+        log.warning(
+            "background thread %s failed: %s: %s", name, args.exc_type.__name__, args.exc_value
+        )
+        if self.first is None:
+            self.first = args.exc_value
 
 
 #: Why the job was requeued, once a requeue hook said so (this process then ends).

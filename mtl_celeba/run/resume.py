@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,7 +72,7 @@ def check_checkpoint(
     """Check that ``path`` is a readable checkpoint of a model on ``tasks`` and ``backbone``
     (each checked if given).
 
-    Returns ``{"epoch", "epochs_done", "tasks", "backbone"}``. Raises :class:`ConfigError`
+    Returns ``{"global_step", "epoch", "epochs_done", "tasks", "backbone"}``. Raises :class:`ConfigError`
     with one line otherwise, instead of Lightning's state_dict size-mismatch traceback.
     """
     state = load_checkpoint(path, key)
@@ -91,6 +92,7 @@ def check_checkpoint(
         )
     epoch = int(state.get("epoch", -1))
     return {
+        "global_step": int(state.get("global_step", 0)),
         "epoch": epoch,
         "epochs_done": epoch + 1,
         "tasks": trained_tasks,
@@ -117,12 +119,15 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def is_resumable(run_dir: Path, cfg_hash: str) -> bool:
-    """An unfinished run (status not ``completed``) of the same configuration, with a last.ckpt."""
+    """An unfinished run (status not ``completed``) of the same configuration, with a last.ckpt,
+    in a folder that can be written (one turned read-only mid-run still says ``running``)."""
     status = read_status(run_dir)
     return (
         status.get("config_hash") == cfg_hash
         and status.get("status") != "completed"
         and (run_dir / LAST_CHECKPOINT).is_file()
+        and os.access(run_dir, os.W_OK | os.X_OK)
+        and os.access(run_dir / CHECKPOINT_DIR, os.W_OK | os.X_OK)
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -33,3 +34,40 @@ def task_curves_layout(
 def add_task_curves_layout(logger: TensorBoardLogger) -> None:
     """Register :func:`task_curves_layout` with a TensorBoard logger (its CUSTOM SCALARS tab)."""
     logger.experiment.add_custom_scalars(task_curves_layout())
+
+
+#: The tag of the CUSTOM SCALARS layout's event.
+LAYOUT_TAG = "custom_scalars__config__"
+#: How TensorBoard's writers name their event files.
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def merge_earlier_events(logger: TensorBoardLogger, resume_step: int) -> int:
+    """A run resumed in its own folder: move the killed attempt's events before ``resume_step``
+    (the checkpoint's global step) into this attempt's event file and delete the old files.
+
+    TensorBoard merges every event file of a folder: the killed attempt's events of the epoch
+    it did not finish would be drawn a second time beside the resumed attempt's (duplicated
+    curves). Returns the number of events carried over.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    folder = Path(logger.log_dir)
+    earlier = sorted(folder.glob(EVENT_FILES))
+    if not earlier:
+        return 0
+    writer = logger.experiment  # opens this attempt's event file
+    file_writer = writer._get_file_writer()
+    carried = 0
+    for path in earlier:
+        for event in EventFileLoader(str(path)).Load():
+            if event.WhichOneof("what") == "file_version" or event.step >= resume_step:
+                continue
+            if any(value.tag == LAYOUT_TAG for value in event.summary.value):
+                continue  # this attempt writes the layout again
+            file_writer.add_event(event)
+            carried += 1
+    writer.flush()  # the events are safe in the new file before the old ones go
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return carried
