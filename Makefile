@@ -47,8 +47,9 @@ synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed 
 
 # `make reproduce`: the canonical grids (dst_vs_baselines, drop_metrics) and their report.
 # Without CELEBA: the CPU protocol, synthetic CelebA with a network and a scale built for a
-# 2-core CPU (docs/training.md, 'The CPU protocol'): model=cpu_cnn (Adam at 0.01) at 32 px, 10,200 images
-# (test split 1,005), 8 epochs of 24 batches of 128, the same grids and seeds as on CelebA;
+# 2-core CPU (docs/training.md, 'The CPU protocol: make reproduce without CelebA'):
+# model=cpu_cnn (Adam at 0.01) at 32 px, 10,200 images (test split 1,005), 8 epochs of 24
+# batches of 128, the same grids and seeds as on CelebA;
 # the grids' model list gives way to model=cpu_cnn, so 125 jobs. `make bench ARGS=--sweep`
 # estimates its wall time on your machine before you run it.
 # With CELEBA=/path: the full-scale protocol on real CelebA, one GPU per job with AMP.
