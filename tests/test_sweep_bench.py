@@ -18,6 +18,7 @@ from mtl_celeba.bench.sweep import (
     TargetJob,
     cpu_busy_share,
     estimate_wall_s,
+    images_per_epoch,
     merge_overrides,
     parse_nvidia_smi,
     reproduce_targets,
@@ -26,7 +27,7 @@ from mtl_celeba.bench.sweep import (
 from mtl_celeba.config import PROJECT_ROOT
 from mtl_celeba.data.synthetic import partition_sizes
 
-SETTING = ("resnet18", 32, "32-true")
+SETTING = ("cpu_cnn", 32, "32-true")
 
 
 def test_cpu_busy_share_from_proc_stat_lines():
@@ -84,6 +85,14 @@ def test_estimate_from_measured_costs():
     assert seconds == pytest.approx(6 + 100 * 0.030) and unmeasured == ["famo"]
 
 
+def test_an_epoch_counts_the_batches_that_limit_train_batches_keeps():
+    assert images_per_epoch(8195, 128, None) == 8195
+    assert images_per_epoch(8195, 128, 24) == 24 * 128
+    assert images_per_epoch(1000, 128, 24) == 1000, "a limit above the split keeps it whole"
+    assert images_per_epoch(8195, 128, 0.5) == 32 * 128, "a fraction of the 65 batches"
+    assert images_per_epoch(8195, 128, 1.0) == 8195
+
+
 def test_user_overrides_replace_the_defaults_of_the_same_key():
     merged = merge_overrides(["experiment=dst_vs_baselines", "seed=0"], ["experiment=stl"])
     assert merged == ["seed=0", "experiment=stl"]
@@ -91,14 +100,20 @@ def test_user_overrides_replace_the_defaults_of_the_same_key():
 
 def test_reproduce_targets_are_make_reproduces_grids():
     targets = reproduce_targets(celeba=False)
-    # ResNet18 only without CelebA: dst_vs_baselines 6 strategies x 5 seeds + 8 STL tasks x 5
-    # seeds (the same seeds, for paired Δm% intervals), and drop_metrics' 11 DST runs
-    assert len(targets) == 6 * 5 + 8 * 5 + 11
+    # cpu_cnn only without CelebA: dst_vs_baselines 6 strategies x 5 seeds + 8 STL tasks x 5
+    # seeds (the same seeds, for paired Δm% intervals), and drop_metrics' 11 DST runs x 5 seeds
+    assert len(targets) == 6 * 5 + 8 * 5 + 11 * 5
     num_images = next(
         int(o.split("=")[1]) for o in sweep_bench.REPRODUCE_SYNTHETIC if "num_images" in o
     )
-    assert {t.train_images for t in targets} == {partition_sizes(num_images)[0]}
-    assert {t.epochs for t in targets} == {3} and {t.setting for t in targets} == {SETTING}
+    limit = next(
+        int(o.split("=")[1]) for o in sweep_bench.REPRODUCE_SYNTHETIC if "limit_train_batches" in o
+    )
+    batch = next(int(o.split("=")[1]) for o in sweep_bench.REPRODUCE_SYNTHETIC if "batch_size" in o)
+    # an epoch is the first limit_train_batches batches of the training split
+    assert limit * batch < partition_sizes(num_images)[0]
+    assert {t.train_images for t in targets} == {limit * batch}
+    assert {t.epochs for t in targets} == {8} and {t.setting for t in targets} == {SETTING}
     assert sum(t.strategy == "stl" for t in targets) == 8 * 5
     celeba = reproduce_targets(celeba=True)
     assert {t.train_images for t in celeba} == {162_770} and {t.epochs for t in celeba} == {15}
@@ -139,7 +154,7 @@ def test_a_tiny_sweep_is_timed_and_estimated(synthetic_root: Path, tmp_path: Pat
     assert 0.0 <= summary["utilisation"] <= 1.0
     assert set(summary["epoch_ms_per_image"]) == {"stl"}
     estimate = summary["estimates"]["make reproduce"]
-    assert estimate["jobs"] == 6 * 5 + 8 * 5 + 11 and estimate["hours"] > 0
+    assert estimate["jobs"] == 6 * 5 + 8 * 5 + 11 * 5 and estimate["hours"] > 0
     assert estimate["strategies_not_measured"], "only STL was measured here"
-    assert "Estimated make reproduce: 81 jobs" in printed
+    assert "Estimated make reproduce: 125 jobs" in printed
     assert "NOT comparable" in printed, "measured at 32 px here; CelebA runs at 128 px"

@@ -18,6 +18,7 @@ to the target: same device, backbone, image size and precision (the printout say
 
 from __future__ import annotations
 
+import math
 import statistics
 import subprocess
 import sys
@@ -36,11 +37,13 @@ from mtl_celeba.run.results import RunConfig, read_results
 #: ``make reproduce``'s grids and scales, as in the Makefile (a test keeps the two equal).
 REPRODUCE_EXPERIMENTS = ("dst_vs_baselines", "drop_metrics")
 REPRODUCE_SYNTHETIC = (
-    "model=resnet18",
-    "data.num_images=800",
+    "model=cpu_cnn",
+    "model.optimizer.lr=0.01",
+    "data.num_images=10200",
     "data.image_size=32",
-    "data.batch_size=64",
-    "trainer.max_epochs=3",
+    "data.batch_size=128",
+    "trainer.max_epochs=8",
+    "+trainer.limit_train_batches=24",
     "trainer.enable_progress_bar=false",
 )
 REPRODUCE_CELEBA = (
@@ -51,7 +54,9 @@ REPRODUCE_CELEBA = (
 )
 #: The default small sweep: one seed of dst_vs_baselines (every strategy and the STL runs).
 DEFAULT_SWEEP = ("experiment=dst_vs_baselines", "seed=0", "trainer.max_epochs=2")
-CPU_SCALE = ("model=resnet18", "data.num_images=600", "data.image_size=32", "data.batch_size=64")
+#: On the CPU the small sweep runs at make reproduce's own scale (network, images, batches per
+#: epoch), so its per-image epoch cost and fixed cost are the target's; only the epochs differ.
+CPU_SCALE = tuple(o for o in REPRODUCE_SYNTHETIC if not o.startswith("trainer.max_epochs="))
 GPU_SCALE = (
     "model=resnet18",
     "data.num_images=24000",
@@ -151,8 +156,32 @@ class JobCost:
         return statistics.fmean(self.epoch_s) / self.train_images
 
 
+def images_per_epoch(train: int, batch_size: int, limit: int | float | None) -> int:
+    """Training images one epoch sees: the whole split, or the first batches that Lightning's
+    ``trainer.limit_train_batches`` allows (a count of batches, or a fraction of them)."""
+    if limit is None:
+        return train
+    batches = math.ceil(train / batch_size)
+    kept = int(batches * limit) if isinstance(limit, float) else min(int(limit), batches)
+    return min(train, kept * batch_size)
+
+
+def _sweep_epoch_setting(sweep_dir: Path) -> tuple[int | None, int | float | None]:
+    """(data.batch_size, trainer.limit_train_batches) of a sweep, from its multirun.yaml."""
+    from omegaconf import OmegaConf
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None, None
+    cfg = OmegaConf.load(path)
+    batch = OmegaConf.select(cfg, "data.batch_size", default=None)
+    return batch, OmegaConf.select(cfg, "trainer.limit_train_batches", default=None)
+
+
 def job_costs(sweep_dir: Path) -> list[JobCost]:
-    """The completed jobs below ``sweep_dir`` that recorded their ``timing``."""
+    """The completed jobs below ``sweep_dir`` that recorded their ``timing``; their training
+    images per epoch count ``trainer.limit_train_batches`` when the sweep set it."""
+    batch, limit = _sweep_epoch_setting(sweep_dir)
     costs = []
     for path in sorted(Path(sweep_dir).rglob(RESULTS_FILE)):
         try:
@@ -165,7 +194,9 @@ def job_costs(sweep_dir: Path) -> list[JobCost]:
         costs.append(
             JobCost(
                 strategy=RunConfig.from_dict(data["config"]).strategy,
-                train_images=int(data["samples"]["train"]),
+                train_images=images_per_epoch(
+                    int(data["samples"]["train"]), int(batch or 1), limit if batch else None
+                ),
                 epoch_s=list(timing["epoch_s"]),
                 fixed_s=float(timing["fixed_s"]),
                 wall_s=float(data["wall_time_s"]),
@@ -182,7 +213,7 @@ def setting_of(config: Any) -> tuple[str, int, str]:
 
 @dataclass
 class TargetJob:
-    """A job of the sweep to estimate: its strategy, epochs and training images."""
+    """A job of the sweep to estimate: its strategy, epochs and training images per epoch."""
 
     strategy: str
     epochs: int
@@ -229,10 +260,12 @@ def reproduce_targets(celeba: bool, extra: Sequence[str] = ()) -> list[TargetJob
             cfg = compose("train", overrides=base, return_hydra_config=True)
             for job in GridUnionSweeper(grids=cfg.hydra.sweeper.grids).jobs(scale):
                 job_cfg = compose("train", overrides=[f"experiment={experiment}", *job])
-                train = (
+                train = images_per_epoch(
                     CELEBA_SPLIT_SIZES[0]
                     if celeba
-                    else partition_sizes(int(job_cfg.data.num_images))[0]
+                    else partition_sizes(int(job_cfg.data.num_images))[0],
+                    int(job_cfg.data.batch_size),
+                    job_cfg.trainer.get("limit_train_batches"),
                 )
                 setting = {
                     "backbone": job_cfg.model.backbone,
