@@ -1,0 +1,129 @@
+"""Gradient conflicts: the cosines and norms from a Gramian, their per-epoch recording, and
+that measuring them (strategy.diagnostics) leaves training unchanged."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtl_celeba.errors import ConfigError
+from mtl_celeba.run.layout import GRADIENT_CONFLICTS, LAST_CHECKPOINT
+from mtl_celeba.run.tensorboard import conflict_heatmap_image
+from mtl_celeba.scheduling.callbacks import ConflictMonitor
+from mtl_celeba.scheduling.conflicts import (
+    ConflictSums,
+    epoch_record,
+    gradient_conflicts,
+    off_diagonal,
+    summary_scalars,
+)
+
+
+def numpy_cosines(gradients: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(gradients, axis=1)
+    return gradients @ gradients.T / np.outer(norms, norms)
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 8, 40])
+def test_cosines_and_norms_match_numpy(tasks):
+    rng = np.random.default_rng(tasks)
+    gradients = rng.normal(size=(tasks, 50)) * rng.uniform(0.01, 10, size=(tasks, 1))
+    gramian = torch.as_tensor(gradients @ gradients.T, dtype=torch.float32)
+    cosines, norms = gradient_conflicts(gramian)
+    np.testing.assert_allclose(cosines.numpy(), numpy_cosines(gradients), atol=1e-5)
+    np.testing.assert_allclose(norms.numpy(), np.linalg.norm(gradients, axis=1), rtol=1e-5)
+
+
+def test_opposite_gradients_have_cosine_minus_one():
+    gradients = np.array([[1.0, 2.0], [-2.0, -4.0], [2.0, -1.0]])
+    cosines, _ = gradient_conflicts(torch.as_tensor(gradients @ gradients.T))
+    assert cosines[0, 1] == pytest.approx(-1.0) and cosines[0, 2] == pytest.approx(0.0)
+
+
+def test_absent_and_zero_norm_tasks_are_nan_not_a_crash():
+    gradients = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [3.0, -1.0]])
+    present = torch.tensor([True, True, True, False])  # task 3 had no label in the step
+    cosines, norms = gradient_conflicts(torch.as_tensor(gradients @ gradients.T), present)
+    assert torch.isnan(cosines[1]).all() and torch.isnan(cosines[:, 1]).all()  # zero norm
+    assert torch.isnan(cosines[3]).all() and torch.isnan(norms[3])  # absent
+    assert norms[1] == 0.0  # a measured zero gradient keeps its norm
+    assert cosines[0, 2] == pytest.approx(1 / math.sqrt(2))
+
+
+def test_epoch_means_skip_the_steps_where_a_pair_was_not_measured():
+    sums = ConflictSums(2)
+    first = np.array([[1.0, 0.0], [1.0, 1.0]])  # cosine 1/sqrt(2)
+    second = np.array([[1.0, 0.0], [-1.0, 0.0]])  # cosine -1
+    sums.add(*gradient_conflicts(torch.as_tensor(first @ first.T)))
+    sums.add(*gradient_conflicts(torch.as_tensor(second @ second.T)))
+    sums.add(*gradient_conflicts(torch.as_tensor(first @ first.T), torch.tensor([True, False])))
+    flat_sums, counts = sums.flat()
+    record = epoch_record(4, sums.steps, flat_sums / counts, 2)
+    assert record["steps"] == 3
+    assert record["cosine"][0][1] == pytest.approx((1 / math.sqrt(2) - 1) / 2, abs=1e-6)
+    assert record["norm"] == [1.0, pytest.approx((math.sqrt(2) + 1) / 2, abs=1e-6)]
+    assert summary_scalars(record)["conflicting_pairs"] == 1.0
+    assert off_diagonal([[1.0, None], [None, 1.0]]) == []
+
+
+def test_heatmap_image_is_diverging_and_centred_at_zero():
+    image = conflict_heatmap_image(np.array([[1.0, -1.0], [0.0, np.nan]]), cell=3)
+    assert image.shape == (6, 6, 3) and image.dtype == np.uint8
+    blue, red, white, grey = image[0, 0], image[0, 3], image[3, 0], image[3, 3]
+    assert blue[2] > blue[0] and red[0] > red[2]
+    assert (white == 255).all() and len(set(grey.tolist())) == 1 and grey[0] < 255
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ConfigError, match="strategy.diagnostics_every"):
+        ConflictMonitor(diagnostics=True, every=0)
+    with pytest.raises(ConfigError, match="strategy.diagnostics is"):
+        ConflictMonitor(diagnostics="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_gramian_method_records_every_epoch(compose_train, tmp_path):
+    from mtl_celeba.train import train
+
+    overrides = ["strategy=mgda", "test=false", "+trainer.limit_train_batches=3"]
+    results = train(compose_train(overrides), tmp_path / "run")
+    assert results["status"] == "completed"
+    record = json.loads((tmp_path / "run" / GRADIENT_CONFLICTS).read_text())
+    tasks = results["attributes"]
+    assert record["tasks"] == tasks and record["source"] == "gramian"
+    assert record["gradients"] == "features"
+    assert [epoch["epoch"] for epoch in record["epochs"]] == [1, 2]
+    for epoch in record["epochs"]:
+        assert epoch["steps"] == 3
+        cosine = np.array(epoch["cosine"], dtype=float)
+        assert cosine.shape == (len(tasks), len(tasks))
+        np.testing.assert_allclose(np.diag(cosine), 1.0, atol=1e-6)
+        np.testing.assert_allclose(cosine, cosine.T, atol=1e-6)
+        assert np.all(np.abs(cosine) <= 1) and len(epoch["norm"]) == len(tasks)
+        assert all(norm > 0 for norm in epoch["norm"])
+
+
+@pytest.mark.slow
+def test_diagnostics_measure_without_changing_training(compose_train, tmp_path):
+    from mtl_celeba.train import train
+
+    def final_weights(name: str, *overrides: str) -> dict[str, torch.Tensor]:
+        run = tmp_path / name
+        options = ["strategy=dst", "test=false", "+trainer.limit_train_batches=3", *overrides]
+        assert train(compose_train(options, run_dir=run), run)["status"] == "completed"
+        return torch.load(run / LAST_CHECKPOINT, weights_only=False)["state_dict"]
+
+    off = final_weights("off")
+    on = final_weights("on", "strategy.diagnostics=true", "strategy.diagnostics_every=2")
+    assert not (tmp_path / "off" / GRADIENT_CONFLICTS).exists()
+    assert off.keys() == on.keys()
+    for key in off:
+        torch.testing.assert_close(on[key], off[key], rtol=0, atol=0, msg=key)
+    record = json.loads((tmp_path / "on" / GRADIENT_CONFLICTS).read_text())
+    assert record["source"] == "diagnostics" and record["every"] == 2
+    # global steps 0, 2 in epoch 1 and 4 in epoch 2 (three steps an epoch)
+    assert [epoch["steps"] for epoch in record["epochs"]] == [2, 1]
