@@ -79,9 +79,9 @@ def test_heatmap_image_is_diverging_and_centred_at_zero():
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(ConfigError, match="strategy.diagnostics_every"):
+    with pytest.raises(ConfigError, match=r"strategy\.diagnostics_every"):
         ConflictMonitor(diagnostics=True, every=0)
-    with pytest.raises(ConfigError, match="strategy.diagnostics is"):
+    with pytest.raises(ConfigError, match=r"strategy\.diagnostics is"):
         ConflictMonitor(diagnostics="yes")  # type: ignore[arg-type]
 
 
@@ -127,3 +127,69 @@ def test_diagnostics_measure_without_changing_training(compose_train, tmp_path):
     assert record["source"] == "diagnostics" and record["every"] == 2
     # global steps 0, 2 in epoch 1 and 4 in epoch 2 (three steps an epoch)
     assert [epoch["steps"] for epoch in record["epochs"]] == [2, 1]
+
+
+def write_conflicts(run_dir, tasks, cosines, source="gramian"):
+    epochs = [
+        {"epoch": e, "steps": 3, "cosine": c, "norm": [1.0] * len(tasks)}
+        for e, c in enumerate(cosines, 1)
+    ]
+    record = {
+        "tasks": tasks,
+        "source": source,
+        "gradients": "features",
+        "every": 1,
+        "epochs": epochs,
+    }
+    (run_dir / GRADIENT_CONFLICTS).write_text(json.dumps(record))
+
+
+def test_report_draws_a_heatmap_per_configuration_with_dst_drops(tmp_path):
+    from test_report import TASKS, write_run
+
+    from mtl_celeba.report.__main__ import main
+    from mtl_celeba.report.plots import CONFLICTS_PLOT
+
+    sweep = tmp_path / "sweep"
+    accuracies = dict.fromkeys(TASKS, 0.8)
+    conflicting = [[1.0, -0.4, 0.1], [-0.4, 1.0, None], [0.1, None, 1.0]]
+    aligned = [[1.0, 0.2, 0.3], [0.2, 1.0, 0.5], [0.3, 0.5, 1.0]]
+    for job, (strategy, seed) in enumerate([("mgda", 0), ("mgda", 1), ("dst", 0), ("mtl", 0)]):
+        run = write_run(sweep / str(job), strategy, seed, accuracies)
+        if strategy == "dst":
+            results = json.loads((run / "metrics.json").read_text())
+            drops = dict(zip(TASKS, [0.5, 0.0, 0.25], strict=True))
+            results["schedule"] = {"strategy": "dst", "epochs": 2, "realised_drop_rate": drops}
+            (run / "metrics.json").write_text(json.dumps(results))
+            write_conflicts(run, list(TASKS), [conflicting, aligned], source="diagnostics")
+        elif strategy == "mgda":
+            write_conflicts(run, list(TASKS), [conflicting if seed == 0 else aligned])
+    main([str(sweep)])
+    markdown = (sweep / "report.md").read_text(encoding="utf-8")
+    assert "## Gradient conflicts" in markdown and f"]({CONFLICTS_PLOT})" in markdown
+    assert (sweep / CONFLICTS_PLOT).stat().st_size > 10_000
+
+    from mtl_celeba.report.plots import average_conflicts
+    from mtl_celeba.report.runs import collect_runs, find_run_dirs, read_conflicts
+
+    scores, _ = collect_runs(find_run_dirs([sweep]))
+    conflicts, skipped = read_conflicts(scores)
+    assert skipped == {} and sorted(conflicts["configuration"]) == ["dst (all)", "mgda", "mgda"]
+    averaged = average_conflicts(conflicts).set_index("configuration")
+    mgda, dst = averaged.loc["mgda"], averaged.loc["dst (all)"]
+    assert mgda["seeds"] == 2 and mgda["drop_rate"] is None
+    assert mgda["cosine"][0, 1] == pytest.approx(-0.1)  # (-0.4 + 0.2) / 2 over seeds
+    assert mgda["cosine"][1, 2] == pytest.approx(0.5)  # measured in one seed only
+    assert dst["cosine"][0, 1] == pytest.approx(-0.1)  # and over epochs
+    np.testing.assert_allclose(dst["drop_rate"], [0.5, 0.0, 0.25])
+    assert dst["mean_conflict"][0] == pytest.approx((-0.1 + 0.2) / 2)
+
+
+def test_no_conflicts_section_without_a_recording(tmp_path):
+    from test_report import TASKS, write_run
+
+    from mtl_celeba.report.__main__ import main
+
+    write_run(tmp_path / "sweep" / "0", "mtl", 0, dict.fromkeys(TASKS, 0.8))
+    main([str(tmp_path / "sweep")])
+    assert "Gradient conflicts" not in (tmp_path / "sweep" / "report.md").read_text()

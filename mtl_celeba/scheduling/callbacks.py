@@ -473,12 +473,18 @@ class ConflictMonitor(Callback):
             return
         sums = self._sums or ConflictSums(len(self.tasks), pl_module.device)
         epoch = trainer.current_epoch + 1
-        record = epoch_record(epoch, sums.steps, mean_over_ranks(trainer, *sums.flat()), len(self.tasks))
+        record = epoch_record(
+            epoch, sums.steps, mean_over_ranks(trainer, *sums.flat()), len(self.tasks)
+        )
         del self.epochs[epoch - 1 :]
         self.epochs.append(record)
         self._log(trainer, record)
         if trainer.is_global_zero:
-            path = Path(self.path) if self.path else Path(trainer.default_root_dir) / GRADIENT_CONFLICTS
+            path = (
+                Path(self.path)
+                if self.path
+                else Path(trainer.default_root_dir) / GRADIENT_CONFLICTS
+            )
             write_json_atomic(path, self.contents())
 
     def contents(self) -> dict[str, Any]:
