@@ -193,3 +193,20 @@ def test_no_conflicts_section_without_a_recording(tmp_path):
     write_run(tmp_path / "sweep" / "0", "mtl", 0, dict.fromkeys(TASKS, 0.8))
     main([str(tmp_path / "sweep")])
     assert "Gradient conflicts" not in (tmp_path / "sweep" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_records_what_an_uninterrupted_one_does(compose_train, tmp_path):
+    from mtl_celeba.train import train
+
+    overrides = ["strategy=mgda", "test=false", "+trainer.limit_train_batches=3"]
+    overrides += ["model.scheduler.T_max=2"]
+    train(compose_train(overrides, run_dir=tmp_path / "full"), tmp_path / "full")
+    part = [*overrides, "trainer.max_epochs=1"]
+    train(compose_train(part, run_dir=tmp_path / "part"), tmp_path / "part")
+    resumed = [*overrides, f"ckpt_path={tmp_path / 'part' / LAST_CHECKPOINT}"]
+    train(compose_train(resumed, run_dir=tmp_path / "resumed"), tmp_path / "resumed")
+    full = json.loads((tmp_path / "full" / GRADIENT_CONFLICTS).read_text())
+    again = json.loads((tmp_path / "resumed" / GRADIENT_CONFLICTS).read_text())
+    assert [e["epoch"] for e in again["epochs"]] == [1, 2]
+    assert again == full
