@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from mtl_celeba.errors import ConfigError
 from mtl_celeba.run.layout import GRADIENT_CONFLICTS, LAST_CHECKPOINT
@@ -210,3 +213,42 @@ def test_a_resumed_run_records_what_an_uninterrupted_one_does(compose_train, tmp
     again = json.loads((tmp_path / "resumed" / GRADIENT_CONFLICTS).read_text())
     assert [e["epoch"] for e in again["epochs"]] == [1, 2]
     assert again == full
+
+
+class RecordConflicts(Callback):
+    """Writes each rank's conflict epochs when training ends."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        epochs = pl_module.conflict_monitor.epochs
+        Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(epochs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mtl", "pcgrad"])
+def test_ddp_ranks_record_the_same_mean(compose_train, tmp_path, method):
+    from mtl_celeba.config import instantiate
+
+    cfg = compose_train([f"strategy={method}"])
+    monitor = ConflictMonitor(diagnostics=True, every=2, path=str(tmp_path / "conflicts.json"))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[instantiate(cfg.strategy.callback), monitor, RecordConflicts(str(tmp_path))],
+    )
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    assert rank0 == json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0[0]["steps"] == (3 if method == "pcgrad" else 2)
+    assert json.loads((tmp_path / "conflicts.json").read_text())["epochs"] == rank0

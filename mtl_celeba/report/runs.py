@@ -336,7 +336,7 @@ def read_conflicts(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     NaN where never measured), ``gradients``, ``source`` and ``drop_rate`` (each task's
     realised drop rate from ``metrics.json``, or None for a strategy that drops nothing).
     Also {run: why it was left out} for a file that cannot be read; a run without the file
-    (nothing was measured) is simply absent."""
+    (nothing was measured) or with one task (STL: no pair) is simply absent."""
     columns = [*CONFLICT_KEYS, "seed", "tasks", "cosine", "gradients", "source", "drop_rate"]
     rows, skipped = [], {}
     for run in scores.drop_duplicates("run").itertuples(index=False):
@@ -351,6 +351,8 @@ def read_conflicts(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
                 raise ValueError("no epoch, or a matrix not tasks x tasks")
         except (OSError, ValueError, KeyError, TypeError) as error:
             skipped[run.run] = f"{GRADIENT_CONFLICTS} cannot be read ({error})"
+            continue
+        if len(tasks) < 2:  # a single-task run has no pair of tasks
             continue
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a pair never measured: NaN
