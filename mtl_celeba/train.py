@@ -44,11 +44,20 @@ log = logging.getLogger(__name__)
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The callbacks of the ``callbacks`` group plus the strategy's scheduling callback, if any."""
+    """The callbacks of the ``callbacks`` group, the strategy's scheduling callback, if any, and
+    the gradient-conflict monitor (``strategy.diagnostics``)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     strategy_callback = cfg.strategy.get("callback")
     if strategy_callback is not None:
         callbacks.append(instantiate(strategy_callback))
+    from mtl_celeba.scheduling.callbacks import ConflictMonitor
+
+    callbacks.append(
+        ConflictMonitor(
+            diagnostics=cfg.strategy.get("diagnostics", False),
+            every=cfg.strategy.get("diagnostics_every", 50),
+        )
+    )
     return callbacks
 
 

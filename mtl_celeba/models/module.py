@@ -16,6 +16,7 @@ from mtl_celeba.models.metrics import TaskMetrics
 from mtl_celeba.models.optim import build_optimizer
 from mtl_celeba.rng import collect_rng_states, restore_rng_states
 from mtl_celeba.run.results import METRIC_NAMES
+from mtl_celeba.scheduling.callbacks import ConflictMonitor, find_conflict_monitor
 from mtl_celeba.scheduling.strategy import (
     TaskStep,
     TaskStrategy,
@@ -75,6 +76,8 @@ class MultiTaskModule(L.LightningModule):
         self.register_buffer("pos_weight", torch.ones(num_tasks))
         #: The run's strategy callback, found at setup (plain MTL until then).
         self.task_strategy: TaskStrategy = TaskStrategy()
+        #: The run's gradient-conflict monitor, found at setup (None: nothing is measured).
+        self.conflict_monitor: ConflictMonitor | None = None
         # Plain tensors, not buffers: DDP overwrites buffers with rank 0's copy at every forward,
         # and these per-rank sums must stay local until they are all-reduced at the epoch's end.
         self.train_loss_sum = torch.zeros(num_tasks)
@@ -118,6 +121,7 @@ class MultiTaskModule(L.LightningModule):
         """Find the run's strategy; take the positive-class weights from the training split
         when ``pos_weight`` is on."""
         self.task_strategy = find_strategy(self._trainer)
+        self.conflict_monitor = find_conflict_monitor(self._trainer)
         trainable = self.task_strategy.trainable_module()
         if trainable is not None and not hasattr(self, "strategy_state"):
             self.strategy_state = trainable.to(self.device)
@@ -148,7 +152,9 @@ class MultiTaskModule(L.LightningModule):
         task_losses = loss_sums / counts.clamp_min(1)
         strategy = self.task_strategy
         gramian = None
-        if strategy.needs_gramian:
+        monitor = self.conflict_monitor
+        measure = monitor is not None and monitor.due(self.trainer.global_step)
+        if strategy.needs_gramian or measure:
             if strategy.gradients == "parameters":
                 shared = [p for p in self.backbone.parameters() if p.requires_grad]
                 gramian = parameter_gramian(task_losses, shared)
@@ -156,7 +162,11 @@ class MultiTaskModule(L.LightningModule):
                 gramian = feature_gramian(task_losses, features)
             if self.trainer.world_size > 1:
                 gramian = self.trainer.strategy.reduce(gramian, reduce_op="sum")
-        loss = strategy.combine(TaskStep(task_losses, counts, gramian))
+        loss = strategy.combine(
+            TaskStep(task_losses, counts, gramian if strategy.needs_gramian else None)
+        )
+        if measure:
+            monitor.observe(gramian, counts)
         self.train_loss_sum += loss_sums.detach()
         self.train_label_count += counts.detach()
         # not on the progress bar: showing a step value there reads it back (a host-device

@@ -38,7 +38,7 @@ from mtl_celeba.report.markdown import (
     statistics_table,
     summary_table,
 )
-from mtl_celeba.report.plots import write_plots
+from mtl_celeba.report.plots import write_conflict_plots, write_plots
 from mtl_celeba.report.runs import RUN_COLUMNS, collect_runs, drop_repeats, find_run_dirs
 from mtl_celeba.report.statistics import (
     analyse,
@@ -93,6 +93,8 @@ def write_report(
     plots, plot_notes = write_plots(
         scores, comparison.per_task, comparison.overall, comparison.stl, metric, out_dir
     )
+    conflict_plots, conflict_notes = write_conflict_plots(scores, out_dir)
+    plot_notes += conflict_notes
     header = Header(
         sources=[p.resolve() for p in sweep_dirs],
         runs=len(run_dirs),
@@ -123,6 +125,7 @@ def write_report(
         schedules=comparison.overall[[*GROUP_KEYS, "configuration", "drop_rate", "gates"]]
         if "drop_rate" in comparison.overall
         else None,
+        conflict_plots=conflict_plots,
     )
     write_text_atomic(out_dir / REPORT_MD, render_markdown(blocks))
     if html:

@@ -614,6 +614,31 @@ def reproduce_commands(paths: Sequence[Path]) -> list[str]:
     return list(dict.fromkeys(commands))
 
 
+def conflicts_section(plots: Sequence[tuple[str, str]]) -> list[Block]:
+    """The "Gradient conflicts" section: how to read the heatmaps and a link to each
+    ((file name, what it shows) pairs); no blocks when no run recorded conflicts."""
+    if not plots:
+        return []
+    blocks: list[Block] = [
+        Heading(2, "Gradient conflicts"),
+        Paragraph(
+            "Each heatmap is one configuration: the cosine between the gradients of two tasks, "
+            "averaged over the training steps measured, the epochs and the seeds (n). Red cells are "
+            "pairs whose gradients conflict (cosine < 0: a step for one task raises the other's "
+            "loss, to first order), which is how negative transfer shows up; blue cells are aligned "
+            "pairs. One colour scale per picture, centred at 0. Beside each heatmap, each task's "
+            "mean cosine with the others, and for the strategies that drop tasks (DST, its "
+            "controls, random dropping) the share of training steps it was dropped in, so the "
+            "drop decisions can be read against the conflicts. Gramian methods measure every step "
+            "from their own Gramian; the other strategies only with `strategy.diagnostics=true` "
+            "(every `strategy.diagnostics_every` steps, w.r.t. the shared features: 'sampled')."
+        ),
+    ]
+    for name, title in plots:
+        blocks += [Paragraph(f"{title}:"), Pictures([name])]
+    return blocks
+
+
 def report_blocks(
     header: Header,
     scores: pd.DataFrame,
@@ -624,8 +649,10 @@ def report_blocks(
     out_dir: Path,
     statistics: Statistics | None = None,
     schedules: pd.DataFrame | None = None,
+    conflict_plots: Sequence[tuple[str, str]] = (),
 ) -> list[Block]:
-    """The whole report as blocks (``schedules``: per configuration the realised drop rate)."""
+    """The whole report as blocks (``schedules``: per configuration the realised drop rate;
+    ``conflict_plots``: the gradient-conflict heatmaps, see :func:`conflicts_section`)."""
     metric = header.metric.replace("_", " ")
     facts = [
         f"**Data:** {header.data}",
@@ -712,6 +739,7 @@ def report_blocks(
         ]
     if plots:
         blocks += [Heading(2, "Plots"), Pictures(list(plots))]
+    blocks += conflicts_section(conflict_plots)
     if notes:
         blocks += [Heading(2, "Notes"), Bullets(list(notes))]
     return blocks

@@ -2,7 +2,9 @@
 
 ``accuracy_by_strategy.png`` (per-task test metric by configuration), ``dst_activation.png``
 (DST activation probability per task over epochs, from ``dst_history.csv``) and
-``val_curves.png`` (validation mean per epoch of every run, from its ``csv/metrics.csv``).
+``val_curves.png`` (validation mean per epoch of every run, from its ``csv/metrics.csv``),
+``gradient_conflicts.png`` (the task-by-task gradient cosines per configuration, from
+``gradient_conflicts.json``).
 Accuracy plots draw the majority-class rate where the accuracies are and say where their
 y-axis starts; above MAX_TASK_LINES tasks the DST plot is a heatmap, not a tangle of lines.
 Figures are drawn on matplotlib's non-interactive Agg canvas, without pyplot: no display and
@@ -12,6 +14,7 @@ no global figure state, so the report runs on headless nodes and inside sweeps.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mtl_celeba.io import save_figure
+from mtl_celeba.report.runs import CONFLICT_KEYS, read_conflicts
 from mtl_celeba.run.curves import accuracy_range, epoch_table, read_metrics_csv
 from mtl_celeba.run.layout import DST_HISTORY
 from mtl_celeba.scheduling.names import REFERENCE
@@ -349,3 +353,148 @@ def write_plots(
 def _relative(run: str, out_dir: Path) -> str:
     """A run folder as seen from the report, so notes stay short and valid when the sweep moves."""
     return os.path.relpath(run, out_dir)
+
+
+# --------------------------------------------------------------------------- gradient conflicts
+
+CONFLICTS_PLOT = "gradient_conflicts.png"
+#: Above this many tasks the heatmaps drop their printed values and take two per row.
+ANNOTATE_UP_TO = 12
+
+
+def average_conflicts(conflicts: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration (:data:`~mtl_celeba.report.runs.CONFLICT_KEYS`), the runs' cosine
+    matrices averaged over seeds, each task's mean cosine with the other tasks
+    (``mean_conflict``) and its drop rate averaged over seeds (None when nothing drops)."""
+    rows = []
+    for keys, runs in conflicts.groupby(list(CONFLICT_KEYS), sort=False):
+        tasks = runs["tasks"].iloc[0]
+        runs = runs[[list(t) == list(tasks) for t in runs["tasks"]]]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # never-measured pairs stay NaN
+            cosine = np.nanmean(np.stack(runs["cosine"].tolist()), axis=0)
+            others = np.where(np.eye(len(tasks), dtype=bool), np.nan, cosine)
+            mean_conflict = np.nanmean(others, axis=1)
+        drops = [d for d in runs["drop_rate"] if d is not None]
+        rows.append(
+            {
+                **dict(zip(CONFLICT_KEYS, keys, strict=True)),
+                "seeds": len(runs),
+                "tasks": list(tasks),
+                "cosine": cosine,
+                "mean_conflict": mean_conflict,
+                "drop_rate": np.mean(np.array(drops, dtype=float), axis=0) if drops else None,
+                "gradients": ", ".join(sorted(set(map(str, runs["gradients"])))),
+                "source": ", ".join(sorted(set(map(str, runs["source"])))),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _colour_limit(matrices: Sequence[np.ndarray]) -> float:
+    """The symmetric colour limit: the largest off-diagonal |cosine|, up to a multiple of 0.05."""
+    values = [np.abs(m[~np.eye(len(m), dtype=bool)]) for m in matrices if len(m) > 1]
+    largest = np.nanmax(np.concatenate(values)) if values else np.nan
+    return (
+        1.0
+        if not np.isfinite(largest)
+        else float(min(1.0, max(0.05, np.ceil(largest / 0.05) * 0.05)))
+    )
+
+
+def plot_conflict_heatmaps(panel: pd.DataFrame, title: str, path: Path) -> None:
+    """One task-by-task heatmap of the mean gradient cosine per configuration of ``panel``
+    (rows of :func:`average_conflicts` sharing their tasks), with two strips beside it: each
+    task's mean cosine with the others and, for the strategies that drop tasks, its drop rate.
+
+    Diverging colours centred at 0 (red: conflicting gradients, blue: aligned), one scale for
+    the whole figure so the configurations compare; the diagonal (always 1) is left grey.
+    """
+    tasks = panel["tasks"].iloc[0]
+    count = len(tasks)
+    annotate = count <= ANNOTATE_UP_TO
+    columns = min(len(panel), 3 if annotate else 2)
+    rows = -(-len(panel) // columns)
+    side = max(2.8, 0.17 * count)
+    figure = Figure(
+        figsize=(columns * (side + 2.4), rows * (side + 2.2) + 1.6), layout="constrained"
+    )
+    grid = figure.add_gridspec(rows, columns)
+    limit = _colour_limit(panel["cosine"].tolist())
+    diverging = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
+    drops = matplotlib.colormaps["Purples"].with_extremes(bad="0.85")
+    heatmaps, cosine_image, drop_image = [], None, None
+    font = 7 if annotate else 5.5
+    for cell, row in zip(grid, panel.itertuples(index=False), strict=False):
+        heat = figure.add_subplot(cell)
+        # the strips sit in the heatmap's own coordinates, one cell wide, so the rows line up
+        mean_axis = heat.inset_axes((1 + 0.5 / count, 0, 1.2 / count, 1))
+        drop_axis = heat.inset_axes((1 + 2.0 / count, 0, 1.2 / count, 1))
+        matrix = np.where(np.eye(count, dtype=bool), np.nan, row.cosine)
+        cosine_image = heat.imshow(matrix, cmap=diverging, vmin=-limit, vmax=limit)
+        mean_axis.imshow(
+            row.mean_conflict[:, None], cmap=diverging, vmin=-limit, vmax=limit, aspect="auto"
+        )
+        heat.set_xticks(range(count), tasks, rotation=90, fontsize=font)
+        heat.set_yticks(range(count), tasks, fontsize=font)
+        sampled = "" if row.source == "gramian" else ", sampled"
+        heat.set_title(
+            f"{row.configuration} (n={row.seeds})\ngradients w.r.t. {row.gradients}{sampled}",
+            fontsize="small",
+            loc="left",
+        )
+        strips = [(mean_axis, row.mean_conflict, "mean cos\nwith others")]
+        if row.drop_rate is not None:
+            drop_image = drop_axis.imshow(
+                np.asarray(row.drop_rate, dtype=float)[:, None],
+                cmap=drops,
+                vmin=0,
+                vmax=1,
+                aspect="auto",
+            )
+            strips.append((drop_axis, row.drop_rate, "drop\nrate"))
+        else:
+            drop_axis.set_visible(False)
+        for axis, _, label in strips:
+            axis.set_xticks([0], [label], rotation=90, fontsize=font)
+            axis.set_yticks([])
+        if annotate:
+            for (i, j), value in np.ndenumerate(matrix):
+                if np.isfinite(value):
+                    heat.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5.5)
+            for axis, values, _ in strips:
+                for i, value in enumerate(values):
+                    if np.isfinite(value):
+                        axis.text(0, i, f"{value:.2f}", ha="center", va="center", fontsize=5)
+        heatmaps.append(heat)
+    bar = {"ax": heatmaps, "location": "bottom", "shrink": 0.5, "aspect": 35}
+    figure.colorbar(cosine_image, **bar, label="mean cosine of the two tasks' gradients")
+    if drop_image is not None:
+        figure.colorbar(drop_image, **bar, label="drop rate (share of training steps dropped)")
+    figure.suptitle(title, fontsize="medium")
+    save_figure(figure, path)
+
+
+def write_conflict_plots(
+    scores: pd.DataFrame, out_dir: Path
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Draw :func:`plot_conflict_heatmaps` for every (scale, backbone, attribute set) whose runs
+    recorded gradient conflicts; returns ([(file name, what it shows)], notes on what was skipped)."""
+    conflicts, skipped = read_conflicts(scores)
+    notes = [
+        f"Run {_relative(run, out_dir)}: {why}; it is left out of the conflict heatmaps."
+        for run, why in skipped.items()
+    ]
+    if conflicts.empty:
+        return [], notes
+    averaged = average_conflicts(conflicts)
+    panels = list(averaged.groupby(["scale", "backbone", "attribute_set"], sort=False))
+    written = []
+    for index, ((scale, backbone, attribute_set), panel) in enumerate(panels, start=1):
+        name = (
+            CONFLICTS_PLOT if len(panels) == 1 else CONFLICTS_PLOT.replace(".png", f"_{index}.png")
+        )
+        title = f"{backbone} · {attribute_set} · {scale}"
+        plot_conflict_heatmaps(panel, f"Gradient conflicts: {title}", out_dir / name)
+        written.append((name, title))
+    return written, notes

@@ -1,8 +1,11 @@
 """Reading run folders: every ``metrics.json`` below the given folders as one table (one row
-per run x task), with the labels tables and plots name configurations by, and the failed runs."""
+per run x task), with the labels tables and plots name configurations by, and the failed runs;
+and the runs' gradient-conflict matrices (``gradient_conflicts.json``)."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mtl_celeba.errors import UserError
-from mtl_celeba.run.layout import HYDRA_DIR, OVERRIDES_YAML, RESULTS_FILE
+from mtl_celeba.run.layout import GRADIENT_CONFLICTS, HYDRA_DIR, OVERRIDES_YAML, RESULTS_FILE
 from mtl_celeba.run.results import RunConfig, read_results
 from mtl_celeba.scheduling.dst import DST_METRICS
 
@@ -321,3 +324,51 @@ def collect_runs(run_dirs: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
     scores = pd.DataFrame(rows) if rows else pd.DataFrame(columns=RUN_COLUMNS)
     return scores, pd.DataFrame(failed, columns=["run", "overrides", "reason"])
+
+
+# --------------------------------------------------------------------------- gradient conflicts
+
+#: What groups the conflict matrices of several runs (one heatmap per configuration and group).
+CONFLICT_KEYS = ("scale", "backbone", "attribute_set", "configuration")
+
+
+def read_conflicts(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every reported run's ``gradient_conflicts.json``, one row per run: its
+    :data:`CONFLICT_KEYS`, ``seed``, ``tasks``, ``cosine`` (the (T, T) mean over its epochs,
+    NaN where never measured), ``gradients``, ``source`` and ``drop_rate`` (each task's
+    realised drop rate from ``metrics.json``, or None for a strategy that drops nothing).
+    Also {run: why it was left out} for a file that cannot be read; a run without the file
+    (nothing was measured) or with one task (STL: no pair) is simply absent."""
+    columns = [*CONFLICT_KEYS, "seed", "tasks", "cosine", "gradients", "source", "drop_rate"]
+    rows, skipped = [], {}
+    for run in scores.drop_duplicates("run").itertuples(index=False):
+        path = Path(run.run) / GRADIENT_CONFLICTS
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            tasks = [str(task) for task in record["tasks"]]
+            epochs = [np.array(e["cosine"], dtype=float) for e in record["epochs"]]
+            if not epochs or any(e.shape != (len(tasks), len(tasks)) for e in epochs):
+                raise ValueError("no epoch, or a matrix not tasks x tasks")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            skipped[run.run] = f"{GRADIENT_CONFLICTS} cannot be read ({error})"
+            continue
+        if len(tasks) < 2:  # a single-task run has no pair of tasks
+            continue
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a pair never measured: NaN
+            cosine = np.nanmean(np.stack(epochs), axis=0)
+        realised = (read_results(Path(run.run)).get("schedule") or {}).get("realised_drop_rate")
+        rows.append(
+            {
+                **{key: getattr(run, key) for key in CONFLICT_KEYS},
+                "seed": run.seed,
+                "tasks": tasks,
+                "cosine": cosine,
+                "gradients": record.get("gradients"),
+                "source": record.get("source"),
+                "drop_rate": [realised.get(task, np.nan) for task in tasks] if realised else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns), skipped

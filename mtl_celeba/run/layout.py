@@ -31,6 +31,9 @@ METRICS_CSV = Path("csv") / "metrics.csv"
 CURVES_PNG = "curves.png"
 #: DST's per-epoch probabilities and gates (written by the scheduling callbacks).
 DST_HISTORY = "dst_history.csv"
+#: Per-epoch mean cosine between every pair of task gradients and each task's gradient norm
+#: (written by the conflict monitor when the strategy has a Gramian or strategy.diagnostics is on).
+GRADIENT_CONFLICTS = "gradient_conflicts.json"
 
 
 def checkpoint_run_dir(checkpoint: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mtl_celeba.run.results import METRIC_NAMES
@@ -27,6 +28,10 @@ def task_curves_layout(
     }
     layout["DST schedule"] = {
         quantity: ["Multiline", [rf"^dst/{quantity}/"]] for quantity in DST_QUANTITIES
+    }
+    layout["gradient conflicts"] = {
+        "mean pairwise cosine": ["Multiline", [r"^conflicts/(mean_cosine|conflicting_pairs)$"]],
+        "gradient norm per task": ["Multiline", [r"^conflicts/norm/"]],
     }
     return layout
 
@@ -71,3 +76,20 @@ def merge_earlier_events(logger: TensorBoardLogger, resume_step: int) -> int:
     for path in earlier:
         path.unlink(missing_ok=True)
     return carried
+
+
+def conflict_heatmap_image(cosines: np.ndarray, cell: int = 8) -> np.ndarray:
+    """A (T x T) cosine matrix as an (H, W, 3) uint8 image for ``add_image(dataformats="HWC")``.
+
+    Diverging and centred at 0: -1 red, 0 white, +1 blue; NaN (not measured) grey; each
+    entry a ``cell`` x ``cell`` block. Plain numpy, so training imports no plotting library;
+    the tasks run top to bottom and left to right in the run's task order.
+    """
+    values = np.clip(np.asarray(cosines, dtype=np.float64), -1.0, 1.0)
+    red, blue, white = np.array([0.79, 0.0, 0.13]), np.array([0.02, 0.19, 0.38]), np.ones(3)
+    weight = np.abs(np.nan_to_num(values))[..., None]
+    colour = np.where((values < 0)[..., None], red, blue)
+    rgb = white + weight * (colour - white)
+    rgb[np.isnan(values)] = 0.6
+    image = np.kron(rgb, np.ones((cell, cell, 1)))
+    return (image * 255).round().astype(np.uint8)

@@ -1,4 +1,4 @@
-"""The gating strategies: DST, its controls, and random task dropping.
+"""The gating strategies: DST, its controls, and random task dropping; and the conflict monitor.
 
 Each is a :class:`~mtl_celeba.scheduling.strategy.TaskStrategy` (a Lightning callback) whose
 ``combine`` multiplies every task loss by a 0/1 gate (and, for DST, the loss weight w_t).
@@ -16,16 +16,25 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mtl_celeba.errors import ConfigError
-from mtl_celeba.io import write_text_atomic
+from mtl_celeba.io import write_json_atomic, write_text_atomic
 from mtl_celeba.rng import collect_rng_states, restore_rng_states
-from mtl_celeba.run.layout import DST_HISTORY
+from mtl_celeba.run.layout import DST_HISTORY, GRADIENT_CONFLICTS
+from mtl_celeba.run.tensorboard import conflict_heatmap_image
+from mtl_celeba.scheduling.conflicts import (
+    ConflictSums,
+    epoch_record,
+    gradient_conflicts,
+    summary_scalars,
+)
 from mtl_celeba.scheduling.dst import DST_METRICS, HISTORY_COLUMNS, DSTSchedule, draw_gates
-from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, mean_over_ranks
+from mtl_celeba.scheduling.strategy import TaskStep, TaskStrategy, find_strategy, mean_over_ranks
 
 GATE_EVERY = ("epoch", "step")
 
@@ -403,3 +412,121 @@ def history_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+class ConflictMonitor(Callback):
+    """Records the conflicts between task gradients: per epoch, the mean cosine of every pair
+    of task gradients and each task's gradient norm (:mod:`mtl_celeba.scheduling.conflicts`).
+
+    With a Gramian method every training step's Gramian is used as is (it is computed anyway;
+    its ``strategy.gradients``). For any other strategy nothing is measured unless
+    ``diagnostics`` (``strategy.diagnostics=true``) is on: then every ``every``-th step the
+    module computes the Gramian of the gradients w.r.t. the shared features, one vectorised
+    backward pass through the heads that leaves the parameters' gradients untouched, so
+    training is the same with it on or off. Per-rank sums are averaged over the DDP ranks at
+    the epoch's end; the epochs go to ``gradient_conflicts.json`` (atomically, rank zero) and to
+    the loggers (``conflicts/mean_cosine``, ``conflicts/norm/<task>`` and a heatmap image).
+    """
+
+    def __init__(self, diagnostics: bool = False, every: int = 50, path: str | None = None) -> None:
+        if not isinstance(diagnostics, bool):
+            raise ConfigError(f"strategy.diagnostics is {diagnostics!r}: use true or false.")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(
+                f"strategy.diagnostics_every is {every!r}: use a number of training steps >= 1."
+            )
+        self.diagnostics = diagnostics
+        self.every = every
+        self.path = path
+        self.tasks: list[str] = []
+        #: ``gramian`` (the strategy's own, every step), ``diagnostics`` or None (off).
+        self.source: str | None = None
+        self.gradients = "features"
+        self.epochs: list[dict[str, Any]] = []
+        self._sums: ConflictSums | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.tasks = list(pl_module.tasks)
+        strategy = find_strategy(trainer)
+        if strategy.needs_gramian:
+            self.source, self.gradients = "gramian", strategy.gradients
+        elif self.diagnostics:
+            self.source, self.gradients = "diagnostics", "features"
+
+    def due(self, global_step: int) -> bool:
+        """Whether training step ``global_step`` (0-based) should measure the Gramian."""
+        if self.source == "gramian":
+            return True
+        return self.source == "diagnostics" and global_step % self.every == 0
+
+    def observe(self, gramian: Tensor, counts: Tensor) -> None:
+        """Adds one step's Gramian (T, T) and labelled counts (T,) to the epoch's sums."""
+        if self._sums is None:
+            self._sums = ConflictSums(len(self.tasks), gramian.device)
+        self._sums.add(*gradient_conflicts(gramian, counts > 0))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sums = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.source is None:
+            return
+        sums = self._sums or ConflictSums(len(self.tasks), pl_module.device)
+        epoch = trainer.current_epoch + 1
+        record = epoch_record(
+            epoch, sums.steps, mean_over_ranks(trainer, *sums.flat()), len(self.tasks)
+        )
+        del self.epochs[epoch - 1 :]
+        self.epochs.append(record)
+        self._log(trainer, record)
+        if trainer.is_global_zero:
+            path = (
+                Path(self.path)
+                if self.path
+                else Path(trainer.default_root_dir) / GRADIENT_CONFLICTS
+            )
+            write_json_atomic(path, self.contents())
+
+    def contents(self) -> dict[str, Any]:
+        """What ``gradient_conflicts.json`` holds: the tasks in matrix order, where the
+        measurements came from and every epoch's matrices."""
+        return {
+            "tasks": self.tasks,
+            "source": self.source,
+            "gradients": self.gradients,
+            "every": 1 if self.source == "gramian" else self.every,
+            "epochs": self.epochs,
+        }
+
+    def _log(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
+        metrics = {f"conflicts/{name}": v for name, v in summary_scalars(record).items()}
+        metrics |= {
+            f"conflicts/norm/{task}": norm
+            for task, norm in zip(self.tasks, record["norm"], strict=True)
+            if norm is not None
+        }
+        cosines = np.array(
+            [[np.nan if v is None else v for v in row] for row in record["cosine"]], dtype=float
+        )
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=record["epoch"])
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(
+                    "conflicts/cosine_heatmap",
+                    conflict_heatmap_image(cosines),
+                    global_step=record["epoch"],
+                    dataformats="HWC",
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = [dict(epoch) for epoch in state_dict["epochs"]]
+
+
+def find_conflict_monitor(trainer: L.Trainer | None) -> ConflictMonitor | None:
+    """The trainer's :class:`ConflictMonitor`, or ``None`` (nothing is measured)."""
+    callbacks = trainer.callbacks if trainer is not None else []
+    monitors = [callback for callback in callbacks if isinstance(callback, ConflictMonitor)]
+    return monitors[0] if monitors else None
