@@ -74,9 +74,10 @@ class GradDrop(WeightedTaskStrategy):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        backbone: nn.Module = pl_module.backbone
-        self._shared = [p for p in backbone.parameters() if p.requires_grad]
-        if self._hook is None and self.gradients == "features":
+        if self.gradients == "parameters":
+            backbone: nn.Module = pl_module.backbone
+            self._shared = [p for p in backbone.parameters() if p.requires_grad]
+        elif self._hook is None:
             heads: nn.Module = pl_module.heads
             self._hook = heads.register_forward_hook(self._keep_features)
 
