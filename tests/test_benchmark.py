@@ -149,10 +149,14 @@ def test_bench_times_strategies_relative_to_mtl(synthetic_root: Path, tmp_path: 
     )
     assert "step time vs MTL" in capsys.readouterr().out
     strategies = json.loads(out.read_text())["backbones"]["resnet18"]["strategies"]
-    assert list(strategies) == ["mtl", "pcgrad", "famo"]
+    # a gradient method is timed on both gradient kinds, a loss weighting once
+    assert list(strategies) == ["mtl", "pcgrad", "pcgrad:parameters", "famo"]
+    assert [strategies[name]["gradients"] for name in strategies] == [
+        None, "features", "parameters", None
+    ]  # fmt: skip
     mtl = strategies["mtl"]["images_per_s"]
     assert strategies["mtl"]["step_time_vs_mtl"] == pytest.approx(1.0)
-    for name in ("pcgrad", "famo"):
+    for name in ("pcgrad", "pcgrad:parameters", "famo"):
         entry = strategies[name]
         assert entry["images_per_s"] > 0
         assert entry["step_time_vs_mtl"] == pytest.approx(mtl / entry["images_per_s"])

@@ -81,9 +81,19 @@ def test_method_trains_end_to_end(compose_train, tmp_path, shared_cache, method)
 
 
 GRAMIAN_METHODS = ["mgda", "pcgrad", "cagrad", "imtlg", "nashmtl", "alignedmtl", "upgrad"]
+#: Every method that takes strategy.gradients (the Gramian methods, GradNorm and GradDrop).
+GRADIENT_METHODS = [
+    *GRAMIAN_METHODS,
+    "fairgrad",
+    "gradvac",
+    "config",
+    "dbmtl",
+    "gradnorm",
+    "graddrop",
+]
 
 
-@pytest.mark.parametrize("method", GRAMIAN_METHODS)
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_gramian_method_trains_on_the_parameter_gradients(
     compose_train, tmp_path, shared_cache, method
 ):

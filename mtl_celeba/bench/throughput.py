@@ -387,11 +387,16 @@ def model_overrides(backbone: str) -> list[str]:
 
 
 def compose_run(
-    settings: Settings, backbone: str, variant: str, strategy: str | None = None
+    settings: Settings,
+    backbone: str,
+    variant: str,
+    strategy: str | None = None,
+    gradients: str | None = None,
 ) -> DictConfig:
     """The ``conf/train.yaml`` composition of one run: what ``mtl-train`` would train.
 
-    ``strategy`` (with the ``mtl`` variant) times that strategy on the fast pipeline instead.
+    ``strategy`` (with the ``mtl`` variant) times that strategy on the fast pipeline instead,
+    ``gradients`` sets its ``strategy.gradients``.
     """
     if strategy is None:
         strategy = "dst" if variant == "dst" else BASELINE
@@ -409,6 +414,7 @@ def compose_run(
         f"trainer.precision={settings.precision}",
         f"model.compile={str(settings.compile).lower()}",
         f"strategy={strategy}",
+        *([f"strategy.gradients={gradients}"] if gradients else []),
         *(["strategy.gate_every=epoch"] if variant == "dst" else []),
         *settings.overrides,
         # the naive pipeline decodes JPEGs: a device cache (data.device_cache=true) is for the rest
@@ -654,9 +660,12 @@ def plan_runs(settings: Settings) -> dict[str, dict[str, DictConfig]]:
             variant: compose_run(settings, backbone, variant) for variant in settings.variants
         }
         for strategy in settings.strategies:
-            plan[backbone][f"strategy:{strategy}"] = compose_run(
+            plan[backbone][f"strategy:{strategy}"] = cfg = compose_run(
                 settings, backbone, "mtl", strategy
             )
+            if "gradients" in cfg.strategy:  # a gradient method: also on the parameters'
+                both = compose_run(settings, backbone, "mtl", strategy, "parameters")
+                plan[backbone][f"strategy:{strategy}:parameters"] = both
         try:
             check_backbone_name(plan[backbone][settings.variants[0]].model.backbone)
         except ConfigError as error:
@@ -717,15 +726,19 @@ def benchmark_strategies(
     """``--strategies``: each method's throughput and step time relative to plain MTL's, all
     on the fast pipeline with an epoch end in every window (where per-epoch methods work)."""
     measured: dict[str, RunResult] = {}
-    for strategy in settings.strategies:
+    gradients: dict[str, str | None] = {}
+    for key, cfg in configs.items():
+        if not key.startswith("strategy:"):
+            continue
+        name = key.removeprefix("strategy:")  # NAME, or NAME:parameters
         with quiet_lightning():
-            run = run_variant(configs[f"strategy:{strategy}"], settings, "mtl", with_strategy=True)
-        measured[strategy] = run
+            run = run_variant(cfg, settings, "mtl", with_strategy=True)
+        measured[name] = run
+        gradients[name] = cfg.strategy.get("gradients")
         spread = window_spread(run.window_images_per_s)
         unsteady = f"  UNSTEADY: windows differ {spread:.2f}x" if spread > UNSTEADY_SPREAD else ""
         print(
-            f"  {backbone:<10} {'strategy ' + strategy:<32} {run.images_per_s:9.1f} images/s"
-            f"{unsteady}",
+            f"  {backbone:<10} {'strategy ' + name:<32} {run.images_per_s:9.1f} images/s{unsteady}",
             flush=True,
         )
     if not measured:
@@ -733,6 +746,8 @@ def benchmark_strategies(
     mtl = measured["mtl"].images_per_s
     return {
         name: {
+            "strategy": name.split(":")[0],
+            "gradients": gradients[name],
             "images_per_s": run.images_per_s,
             "window_spread": window_spread(run.window_images_per_s),
             # step time is batch / throughput: t_method / t_mtl = mtl / method
@@ -743,13 +758,20 @@ def benchmark_strategies(
 
 
 def strategies_table(backbones: dict[str, dict[str, Any]]) -> str:
-    """One row per (backbone, strategy): images/s and step time relative to plain MTL."""
+    """One row per (backbone, strategy, gradient kind): images/s and step time relative to
+    plain MTL ("-": a method without per-task gradients)."""
     rows = [
-        [name, strategy, f"{entry['images_per_s']:.1f}", f"{entry['step_time_vs_mtl']:.2f}x"]
+        [
+            name,
+            entry["strategy"],
+            entry["gradients"] or "-",
+            f"{entry['images_per_s']:.1f}",
+            f"{entry['step_time_vs_mtl']:.2f}x",
+        ]
         for name, result in backbones.items()
-        for strategy, entry in result.get("strategies", {}).items()
+        for entry in result.get("strategies", {}).values()
     ]
-    headers = ["backbone", "strategy", "images/s", "step time vs MTL"]
+    headers = ["backbone", "strategy", "gradients", "images/s", "step time vs MTL"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

@@ -31,7 +31,13 @@ DECODER_VERSION = 1
 _CHUNK = 256
 
 
-def cache_key(image_dir: Path, image_ids: Sequence[str], size: int, resize: str = "crop") -> str:
+def cache_key(
+    image_dir: Path,
+    image_ids: Sequence[str],
+    size: int,
+    resize: str = "crop",
+    decode: str = "draft",
+) -> str:
     """A short hash of everything that determines a cache file's content.
 
     The image folder's modification time is included, so adding, removing or renaming
@@ -42,6 +48,8 @@ def cache_key(image_dir: Path, image_ids: Sequence[str], size: int, resize: str 
     header = f"{image_dir}|{image_dir.stat().st_mtime_ns}|{size}|{CROP_SIDE}|{DECODER_VERSION}|"
     if resize != "crop":  # the default keeps its old key, so existing caches stay valid
         header += f"{resize}|"
+    if decode != "draft":  # likewise for the default decode
+        header += f"decode={decode}|"
     digest.update(header.encode())
     digest.update("\n".join(image_ids).encode())
     return digest.hexdigest()[:16]
@@ -54,20 +62,26 @@ def cache_file(
     image_ids: Sequence[str],
     size: int,
     resize: str = "crop",
+    decode: str = "draft",
 ) -> Path:
     """Where the cache of one split lives."""
-    key = cache_key(image_dir, image_ids, size, resize)
+    key = cache_key(image_dir, image_ids, size, resize, decode)
     return Path(cache_dir) / f"{split}-{size}px-{len(image_ids)}-{key}.npy"
 
 
 def _fill_chunk(
-    array: np.ndarray, image_paths: Sequence[Path], size: int, resize: str, start: int
+    array: np.ndarray,
+    image_paths: Sequence[Path],
+    size: int,
+    resize: str,
+    decode: str,
+    start: int,
 ) -> int:
     """Decode the images of the chunk at ``start`` into ``array``; returns how many."""
     chunk = image_paths[start : start + _CHUNK]
     for offset, image_path in enumerate(chunk):
         try:
-            array[start + offset] = load_face(image_path, size, resize)
+            array[start + offset] = load_face(image_path, size, resize, decode)
         except Image.DecompressionBombError as error:  # not an OSError: load_face lets it by
             raise DataError(
                 f"image {image_path} is too large to decode safely ({error}): replace it with "
@@ -89,6 +103,7 @@ def build_cache(
     workers: int | None = None,
     description: str = "caching images",
     resize: str = "crop",
+    decode: str = "draft",
 ) -> Path:
     """Decode every image into ``path`` (a ``.npy`` of shape (N, size, size, 3)), atomically.
 
@@ -104,7 +119,7 @@ def build_cache(
         partial, mode="w+", dtype=np.uint8, shape=(len(image_paths), size, size, 3)
     )
 
-    fill = functools.partial(_fill_chunk, array, image_paths, size, resize)
+    fill = functools.partial(_fill_chunk, array, image_paths, size, resize, decode)
     starts = range(0, len(image_paths), _CHUNK)
     try:
         with tqdm(total=len(image_paths), desc=description, unit="img", dynamic_ncols=True) as bar:
@@ -137,12 +152,13 @@ def load_or_build_cache(
     size: int,
     workers: int | None = None,
     resize: str = "crop",
+    decode: str = "draft",
 ) -> np.ndarray:
     """The memory-mapped uint8 images of one split, building the cache file first if needed.
 
-    ``resize`` is :func:`~mtl_celeba.data.images.load_face`'s mode (crop or squash).
+    ``resize`` and ``decode`` are :func:`~mtl_celeba.data.images.load_face`'s modes.
     """
-    path = cache_file(cache_dir, split, image_dir, image_ids, size, resize)
+    path = cache_file(cache_dir, split, image_dir, image_ids, size, resize, decode)
     if not path.exists():
         try:
             # Jobs running side by side share a cache: one builds, the others wait and reuse it.
@@ -150,7 +166,7 @@ def load_or_build_cache(
                 if not path.exists():
                     paths = [Path(image_dir) / image_id for image_id in image_ids]
                     description = f"caching {split} at {size}px"
-                    build_cache(path, paths, size, workers, description, resize)
+                    build_cache(path, paths, size, workers, description, resize, decode)
         except OSError as error:
             if path.exists():
                 raise

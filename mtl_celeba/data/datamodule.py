@@ -27,7 +27,7 @@ from mtl_celeba.data.datasets import (
     keep_batch,
     to_device_in_chunks,
 )
-from mtl_celeba.data.images import RESIZE_MODES
+from mtl_celeba.data.images import DECODE_MODES, RESIZE_MODES
 from mtl_celeba.data.synthetic import ensure_synthetic_celeba
 from mtl_celeba.errors import ConfigError, check_choice
 
@@ -105,11 +105,13 @@ class CelebADataModule(L.LightningDataModule):
         shuffle_seed: int = 0,
         device_cache: bool = False,
         resize: str = "crop",
+        decode: str = "draft",
         normalize: bool = True,
         label_values: str = "signed",
     ) -> None:
         super().__init__()
         check_choice(resize, "data.resize", RESIZE_MODES)
+        check_choice(decode, "data.decode", DECODE_MODES)
         check_choice(source, "data.source", SOURCES)
         check_choice(pipeline, "data.pipeline", PIPELINES)
         if device_cache and pipeline != "cached":
@@ -142,6 +144,7 @@ class CelebADataModule(L.LightningDataModule):
         self.device_cache = device_cache
         self._device_splits: dict[str, DeviceBatches] = {}
         self.resize = resize
+        self.decode = decode
         self.normalize = normalize
         self.label_values = label_values
         self.index: CelebAIndex | None = None
@@ -231,6 +234,7 @@ class CelebADataModule(L.LightningDataModule):
             self.image_size,
             self.cache_workers,
             self.resize,
+            self.decode,
         )
 
     def _dataset(self, split: str, image_ids: np.ndarray, labels: np.ndarray) -> Dataset:
@@ -244,6 +248,7 @@ class CelebADataModule(L.LightningDataModule):
                 self.image_size,
                 self.cache_workers,
                 self.resize,
+                self.decode,
             )
             return CachedFaces(images, labels)
         transform = naive_transform(
@@ -254,7 +259,9 @@ class CelebADataModule(L.LightningDataModule):
             normalize=self.normalize,
         )
         paths = [self.index.image_path(image_id) for image_id in image_ids]
-        return JpegFaces(paths, labels, self.image_size, transform, resize=self.resize)
+        return JpegFaces(
+            paths, labels, self.image_size, transform, resize=self.resize, decode=self.decode
+        )
 
     # ----------------------------------------------------------- statistics
     @property

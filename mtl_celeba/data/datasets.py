@@ -70,8 +70,10 @@ class JpegFaces(Dataset[Batch]):
         size: int,
         transform: Callable[[np.ndarray], Tensor],
         resize: str = "crop",
+        decode: str = "draft",
     ) -> None:
         self.image_paths = list(image_paths)
+        self.decode = decode
         self.size = size
         self.transform = transform
         self.resize = resize
@@ -81,7 +83,9 @@ class JpegFaces(Dataset[Batch]):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> Batch:
-        image = self.transform(load_face(self.image_paths[index], self.size, self.resize))
+        image = self.transform(
+            load_face(self.image_paths[index], self.size, self.resize, self.decode)
+        )
         return image, self.targets[index], self.mask[index]
 
 

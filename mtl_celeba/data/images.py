@@ -21,6 +21,10 @@ CROP_SIDE = 178
 #: ``crop``: the centred square, resized (the default); ``squash``: the whole image resized to a
 #: square, its aspect ratio lost (FAMO's CelebA protocol, torchvision's ``Resize((64, 64))``).
 RESIZE_MODES = ("crop", "squash")
+#: ``draft``: JPEGs decoded with libjpeg's DCT scaling when the target is 2x smaller or more (the
+#: default, several times faster; pixels differ from a full decode by a few levels);
+#: ``full``: decoded at full size before the resize (FAMO's protocol: PIL open, then resize).
+DECODE_MODES = ("draft", "full")
 
 
 def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
@@ -30,17 +34,21 @@ def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def load_face(path: str | Path, size: int, resize: str = "crop") -> np.ndarray:
+def load_face(
+    path: str | Path, size: int, resize: str = "crop", decode: str = "draft"
+) -> np.ndarray:
     """Read one image as a (size, size, 3) uint8 RGB array: centre square, then resize
     (``resize="squash"``: the whole image resized, see :data:`RESIZE_MODES`).
 
-    JPEG decoding uses libjpeg's DCT scaling (``Image.draft``) when the target is at least
-    2x smaller, which makes decoding several times faster at training resolutions.
+    With ``decode="draft"`` JPEG decoding uses libjpeg's DCT scaling (``Image.draft``) when the
+    target is at least 2x smaller, which makes decoding several times faster at training
+    resolutions; ``decode="full"`` decodes every pixel first (see :data:`DECODE_MODES`).
     An unreadable or truncated file raises :class:`DataError` naming it.
     """
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (size, size))
+            if decode == "draft":
+                image.draft("RGB", (size, size))
             box = centre_square(*image.size)  # in the draft's (possibly reduced) pixel grid
             image = image.convert("RGB")
             if resize == "crop":

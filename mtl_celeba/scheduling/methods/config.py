@@ -48,8 +48,8 @@ class ConFIG(GramianWeighting):
 
     name = "config"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, gradients: str = "features") -> None:
+        super().__init__(gradients)
         self._epsilon = float(torch.finfo(torch.float32).eps)
 
     def weights(self, step: TaskStep) -> Tensor:

@@ -40,8 +40,8 @@ class DBMTL(GramianWeighting):
 
     name = "dbmtl"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, gradients: str = "features") -> None:
+        super().__init__(gradients)
         self._present_losses: Tensor | None = None
 
     def weights(self, step: TaskStep) -> Tensor:

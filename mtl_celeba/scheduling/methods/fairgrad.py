@@ -68,8 +68,8 @@ class FairGrad(GramianWeighting):
 
     name = "fairgrad"
 
-    def __init__(self, alpha: float = 2.0) -> None:
-        super().__init__()
+    def __init__(self, alpha: float = 2.0, gradients: str = "features") -> None:
+        super().__init__(gradients)
         if not (isinstance(alpha, int | float) and alpha > 0):
             raise ConfigError(
                 f"strategy.alpha is {alpha!r}: use a value > 0 (the authors, CelebA: 2)."

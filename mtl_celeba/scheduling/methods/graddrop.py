@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, check_choice
 from mtl_celeba.scheduling.methods.base import WeightedTaskStrategy
-from mtl_celeba.scheduling.strategy import TaskStep
+from mtl_celeba.scheduling.strategy import GRADIENTS, TaskStep
 
 #: The epsilon in the sign purity's denominator (the authors' 1e-7, as in LibMTL).
 EPSILON = 1e-7
@@ -51,22 +51,33 @@ class GradDrop(WeightedTaskStrategy):
     vectorised backward through the heads, as for the Gramian methods. The draws U come from the
     strategy's own seeded generator. Under DDP each rank applies GradDrop to its own part of the
     batch before the usual all-reduce (on one device: the whole batch, as the authors).
+
+    With ``strategy.gradients=parameters`` the rule acts on every shared (backbone) parameter
+    instead, as FAMO's CelebA code (from Nash-MTL's ``GradDrop``) does: per parameter entry,
+    ``S_t`` is task t's gradient there (no input sign, nothing batch-separated), one draw U per
+    entry, and the masked sum replaces the backbone's gradient (term ``<p - p.detach(), c>``).
     """
 
     name = "graddrop"
 
-    def __init__(self, leak: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, leak: float = 0.0, seed: int = 0, gradients: str = "features") -> None:
         super().__init__()
+        check_choice(gradients, "strategy.gradients", GRADIENTS)
+        self.gradients = gradients
         if not (isinstance(leak, int | float) and 0.0 <= leak <= 1.0):
             raise ConfigError(f"strategy.leak is {leak!r}: use a value in [0, 1] (the paper: 0).")
         self.leak = float(leak)
         self.generator = torch.Generator().manual_seed(seed)
         self._features: Tensor | None = None
         self._hook: Any = None
+        self._shared: list[Tensor] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self._hook is None:
+        if self.gradients == "parameters":
+            backbone: nn.Module = pl_module.backbone
+            self._shared = [p for p in backbone.parameters() if p.requires_grad]
+        elif self._hook is None:
             heads: nn.Module = pl_module.heads
             self._hook = heads.register_forward_hook(self._keep_features)
 
@@ -79,6 +90,8 @@ class GradDrop(WeightedTaskStrategy):
         return step.present.to(step.losses.dtype)
 
     def combine(self, step: TaskStep) -> Tensor:
+        if self.gradients == "parameters":
+            return self._combine_on_parameters(step)
         features = self._features
         self._features = None
         if features is None:
@@ -93,6 +106,33 @@ class GradDrop(WeightedTaskStrategy):
         correction = (dropped - jacobian.float().sum(dim=0)).to(features.dtype).detach()
         loss = super().combine(step)
         return loss + ((features - features.detach()) * correction).sum()
+
+    def _combine_on_parameters(self, step: TaskStep) -> Tensor:
+        """``sum_t L_t`` plus the 0-valued term that gives the backbone GradDrop's gradient."""
+        num_tasks = step.losses.shape[0]
+        identity = torch.eye(num_tasks, device=step.losses.device, dtype=step.losses.dtype)
+        grads = torch.autograd.grad(
+            step.losses,
+            self._shared,
+            grad_outputs=identity,
+            retain_graph=True,
+            is_grads_batched=True,
+            allow_unused=True,
+        )
+        used = [(p, g) for p, g in zip(self._shared, grads, strict=True) if g is not None]
+        flat = torch.cat([g.reshape(num_tasks, -1).float() for _, g in used], dim=1)
+        uniform = torch.rand(flat.shape[1], generator=self.generator).to(flat.device)
+        ones = torch.ones(1, flat.shape[1], device=flat.device)
+        dropped, _ = graddrop_gradient(flat[:, None, :], ones, uniform, self.leak)
+        correction = (dropped[0] - flat.sum(dim=0)).detach()
+        loss = super().combine(step)
+        offset = 0
+        for parameter, _ in used:
+            size = parameter.numel()
+            part = correction[offset : offset + size].view_as(parameter).to(parameter.dtype)
+            loss = loss + ((parameter - parameter.detach()) * part).sum()
+            offset += size
+        return loss
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._hook is not None:

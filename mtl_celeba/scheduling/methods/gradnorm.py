@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mtl_celeba.errors import ConfigError
+from mtl_celeba.errors import ConfigError, check_choice
 from mtl_celeba.scheduling.methods.base import WeightedTaskStrategy
-from mtl_celeba.scheduling.strategy import TaskStep
+from mtl_celeba.scheduling.strategy import GRADIENTS, TaskStep
 
 
 class TaskWeights(nn.Module):
@@ -49,13 +49,17 @@ class GradNorm(WeightedTaskStrategy):
     unchanged, but w's step no longer depends on the scale of the feature gradients), and the
     losses (for ``L_t(0)``, the first step's, and ``r_t``) are averaged over the DDP ranks, so
     every rank holds the same w. Tasks without a label in the batch are left out of ``L_grad``.
+    With ``strategy.gradients=parameters`` the norms are of the gradients w.r.t. all backbone
+    parameters (the paper takes the last shared layer's weights).
     """
 
     name = "gradnorm"
     needs_gramian = True
 
-    def __init__(self, alpha: float = 1.5) -> None:
+    def __init__(self, alpha: float = 1.5, gradients: str = "features") -> None:
         super().__init__()
+        check_choice(gradients, "strategy.gradients", GRADIENTS)
+        self.gradients = gradients
         if alpha < 0:
             raise ConfigError(f"strategy.alpha is {alpha}: use a value >= 0 (the paper: 1.5).")
         self.alpha = alpha

@@ -30,8 +30,8 @@ class GradVac(GramianWeighting):
 
     name = "gradvac"
 
-    def __init__(self, beta: float = 0.5, seed: int = 0) -> None:
-        super().__init__()
+    def __init__(self, beta: float = 0.5, seed: int = 0, gradients: str = "features") -> None:
+        super().__init__(gradients)
         if not (isinstance(beta, int | float) and 0.0 <= beta <= 1.0):
             raise ConfigError(f"strategy.beta is {beta!r}: use a value in [0, 1] (the paper: 0.5).")
         self.weighting = GradVacWeighting(beta=float(beta), eps=1e-8)
