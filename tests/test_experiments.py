@@ -82,8 +82,12 @@ def test_dst_vs_baselines_grid():
 
 
 def test_drop_metrics_grid_has_singles_all_and_leave_one_out():
-    metric_sets = [job[0].split("=", 1)[1] for job in grid_jobs("drop_metrics")]
+    jobs = grid_jobs("drop_metrics")
+    metric_sets = list(dict.fromkeys(job[0].split("=", 1)[1] for job in jobs))
     assert len(metric_sets) == 5 + 1 + 5
+    # every metric set on the five seeds of dst_vs_baselines, so each pairs with MTL
+    assert len(jobs) == len(metric_sets) * 5
+    assert {job[1] for job in jobs} == {f"seed={seed}" for seed in range(5)}
     assert "[stagnancy]" in metric_sets
     assert "[regularization,depth,count,incompleteness,stagnancy]" in metric_sets
     assert "[regularization,depth,count,incompleteness]" in metric_sets
