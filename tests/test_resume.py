@@ -77,9 +77,10 @@ def test_auto_resume_inside_the_run_folder(tmp_path):
     assert auto_resume_checkpoint(cfg, run) is None
 
 
-def tiny_train_command(synthetic_root: Path, tmp_path: Path) -> list[str]:
-    """``python -m mtl_celeba.train`` for a 2-epoch DST run on the tiny synthetic data."""
-    args = [
+def tiny_args(synthetic_root: Path, tmp_path: Path) -> list[str]:
+    """The overrides of a 2-epoch DST run on the tiny synthetic data (also the SLURM requeue
+    test's job)."""
+    return [
         f"data.root={synthetic_root}",
         "data.num_images=400",
         f"data.cache_dir={tmp_path / 'cache'}",
@@ -95,7 +96,11 @@ def tiny_train_command(synthetic_root: Path, tmp_path: Path) -> list[str]:
         "strategy=dst",
         "seed=1",
     ]
-    return [sys.executable, "-m", "mtl_celeba.train", *args]
+
+
+def tiny_train_command(synthetic_root: Path, tmp_path: Path) -> list[str]:
+    """``python -m mtl_celeba.train`` for a 2-epoch DST run on the tiny synthetic data."""
+    return [sys.executable, "-m", "mtl_celeba.train", *tiny_args(synthetic_root, tmp_path)]
 
 
 def signal_after_first_epoch(

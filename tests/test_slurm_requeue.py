@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra_plugins.mtl_celeba_launcher.requeue import RequeueLocalLauncher, RequeueSlurmLauncher
+from test_resume import tiny_args  # the same tiny DST job as the SIGKILL-and-resume test
 
 from mtl_celeba.cli.hydra_app import compose
 from mtl_celeba.config import PROJECT_ROOT
@@ -76,26 +77,6 @@ def test_lightning_auto_requeue_is_off_in_submitit_slurm_jobs(monkeypatch):
     assert environment.auto_requeue is False
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     assert cluster_plugins() == []
-
-
-def tiny_args(synthetic_root: Path, tmp_path: Path) -> list[str]:
-    """A 2-epoch DST run on the tiny synthetic data (as tests/test_resume.py)."""
-    return [
-        f"data.root={synthetic_root}",
-        "data.num_images=400",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.image_size=32",
-        "data.batch_size=32",
-        "data.eval_batch_size=128",
-        "data.cache_workers=1",
-        "trainer.max_epochs=2",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "model.head_hidden=[16]",
-        "strategy=dst",
-        "seed=1",
-    ]
 
 
 def submitit_task_pids(sweep: Path) -> list[int]:
