@@ -193,6 +193,18 @@ def _t_quantile(confidence: float, df: np.ndarray | float) -> np.ndarray:
         return stats.t.ppf(0.5 + confidence / 2, df)
 
 
+def _t_interval_over_seeds(
+    per_seed: np.ndarray, confidence: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the last (seed) axis and its t interval; NaN bounds below MIN_PAIRS seeds."""
+    n = per_seed.shape[-1]
+    mean = per_seed.mean(axis=-1)
+    if n < MIN_PAIRS:
+        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+    half = _t_quantile(confidence, n - 1) * per_seed.std(axis=-1, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def paired_delta_m_interval(
     values: np.ndarray,
     reference: np.ndarray,
@@ -205,12 +217,7 @@ def paired_delta_m_interval(
     carries the reference's own noise. Returns (mean, low, high) over the leading axes.
     """
     per_seed = delta_m_array(values, reference, lower_is_better)
-    n = per_seed.shape[-1]
-    mean = per_seed.mean(axis=-1)
-    if n < MIN_PAIRS:
-        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-    half = _t_quantile(confidence, n - 1) * per_seed.std(axis=-1, ddof=1) / np.sqrt(n)
-    return mean, mean - half, mean + half
+    return _t_interval_over_seeds(per_seed, confidence)
 
 
 def unpaired_delta_m_interval(
@@ -259,12 +266,7 @@ def conditional_delta_m_interval(
     per_seed = delta_m_array(
         values, np.asarray(reference, dtype=float)[..., None, :], lower_is_better
     )
-    n = per_seed.shape[-1]
-    mean = per_seed.mean(axis=-1)
-    if n < MIN_PAIRS:
-        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-    half = _t_quantile(confidence, n - 1) * per_seed.std(axis=-1, ddof=1) / np.sqrt(n)
-    return mean, mean - half, mean + half
+    return _t_interval_over_seeds(per_seed, confidence)
 
 
 # --------------------------------------------------------------------------- the analyses
