@@ -50,8 +50,8 @@ synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed 
 # `make reproduce`: the canonical grids (dst_vs_baselines, drop_metrics) and their report.
 # Without CELEBA: the CPU protocol, synthetic CelebA with a network and a scale built for a
 # 2-core CPU (docs/training.md, 'The CPU protocol: make reproduce without CelebA'):
-# model=cpu_cnn (Adam at 0.01) at 32 px, 10,200 images (test split 1,005), 8 epochs of 24
-# batches of 128, the same grids and seeds as on CelebA;
+# model=cpu_cnn (Adam at 3e-3) at 32 px, 10,200 images (test split 1,005), 8 epochs of 64
+# batches of 32, the same grids and seeds as on CelebA;
 # the grids' model list gives way to model=cpu_cnn, so 125 jobs. `make bench ARGS=--sweep`
 # estimates its wall time on your machine before you run it.
 # With CELEBA=/path: the full-scale protocol on real CelebA, one GPU per job with AMP.
@@ -60,8 +60,8 @@ synth: setup ## write a synthetic CelebA: ARGS="--out DIR --num-images N --seed 
 CELEBA ?=
 REPRODUCE_DIR ?= outputs/reproduce/$(if $(CELEBA),celeba,synthetic)
 ifeq ($(CELEBA),)
-REPRODUCE_SCALE := model=cpu_cnn model.optimizer.lr=0.01 data.num_images=10200 data.image_size=32 data.batch_size=128 \
-	trainer.max_epochs=8 +trainer.limit_train_batches=24 trainer.enable_progress_bar=false
+REPRODUCE_SCALE := model=cpu_cnn data.num_images=10200 data.image_size=32 data.batch_size=32 \
+	trainer.max_epochs=8 +trainer.limit_train_batches=64 trainer.enable_progress_bar=false
 else
 REPRODUCE_SCALE := data=celeba data.root=$(CELEBA) trainer=gpu trainer.max_epochs=15 \
 	hydra/launcher=gpu_pool

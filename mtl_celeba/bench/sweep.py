@@ -38,12 +38,11 @@ from mtl_celeba.run.results import RunConfig, read_results
 REPRODUCE_EXPERIMENTS = ("dst_vs_baselines", "drop_metrics")
 REPRODUCE_SYNTHETIC = (
     "model=cpu_cnn",
-    "model.optimizer.lr=0.01",
     "data.num_images=10200",
     "data.image_size=32",
-    "data.batch_size=128",
+    "data.batch_size=32",
     "trainer.max_epochs=8",
-    "+trainer.limit_train_batches=24",
+    "+trainer.limit_train_batches=64",
     "trainer.enable_progress_bar=false",
 )
 REPRODUCE_CELEBA = (

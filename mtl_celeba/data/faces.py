@@ -132,7 +132,7 @@ def _curve(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -
 #: when on and off, whatever the label says. Like CelebA's, the labels are then not perfectly
 #: predictable from the pictures, and the subtler attributes are the harder ones.
 BORDERLINE_CHANCE: dict[str, float] = {
-    "Arched_Eyebrows": 0.25,
+    "Arched_Eyebrows": 0.12,
     "Wavy_Hair": 0.25,
     "Big_Nose": 0.2,
     "Big_Lips": 0.15,
@@ -619,11 +619,11 @@ def _draw_age(
     """Wrinkles for the not-Young, bags under the eyes."""
     cx = face.cx
     if face.wrinkles:
-        line = _scale(face.skin, 1.0 - 0.4 * face.wrinkles)
+        line = _scale(face.skin, 1.0 - 0.5 * face.wrinkles)
         forehead_top = face.hairline_y + 5
         xs = _linspace(cx - face.rx * 0.5, cx + face.rx * 0.5, 7)
         for y in np.arange(forehead_top, face.brow_y - 8, 5.5)[:3]:
-            canvas.line(_curve(xs, y + 1.5 * ((xs - cx) / face.rx) ** 2 * 4), line, 2.2)
+            canvas.line(_curve(xs, y + 1.5 * ((xs - cx) / face.rx) ** 2 * 4), line, 3.5)
         for side in (-1, 1):
             corner_x = cx + side * (face.eye_dx + 10)
             for dy in (-3.0, 0.5, 4.0):
@@ -633,18 +633,18 @@ def _draw_age(
                         [face.eye_y + dy * 0.4, face.eye_y + dy * 1.6],
                     ),
                     line,
-                    1.8,
+                    2.8,
                 )
             # nasolabial fold, from the nose wing to past the mouth corner
             start_x = cx + side * (face.nose_width + 3)
             end_x = cx + side * (face.mouth_half + 5)
             ys = _linspace(face.nose_y - 2, face.mouth_y + 7, 6)
             xs = start_x + (end_x - start_x) * _fixed_linspace(0, 1, 6) ** 0.7
-            canvas.line(_curve(xs, ys), line, 2.6)
+            canvas.line(_curve(xs, ys), line, 4.0)
             # marionette line below the mouth corner
             mx = cx + side * (face.mouth_half + 1)
             canvas.line(
-                _curve([mx, mx + side * 1.5], [face.mouth_y + 5, face.mouth_y + 14]), line, 1.8
+                _curve([mx, mx + side * 1.5], [face.mouth_y + 5, face.mouth_y + 14]), line, 2.8
             )
     if labels["Bags_Under_Eyes"]:
         for side in (-1, 1):
@@ -738,17 +738,21 @@ def _draw_nose(canvas: _Canvas, face: _Face, labels: Mapping[str, bool]) -> None
 def _draw_mouth(
     canvas: _Canvas, face: _Face, labels: Mapping[str, bool], rng: np.random.Generator
 ) -> None:
-    """Lips around a centre line that curves up at the corners when smiling; open means a dark gap."""
+    """Lips around a centre line that curves up at the corners when smiling; open means a dark
+    gap. A full smile (corners up more than 4.5) parts closed lips on a band of teeth."""
     half, centre_y, smile = face.mouth_half, face.mouth_y, face.smile
     xs = _linspace(-half, half, 15)
     base = centre_y - smile * (xs / half) ** 2
     envelope = np.sqrt(np.clip(1 - (xs / half) ** 2, 0, 1))
     upper, lower, gap = face.lip_upper, face.lip_lower, face.mouth_gap
+    # lips part on the teeth when a closed mouth smiles fully (at 32 px the teeth are a bright
+    # spot where a smile's rising corners are barely a pixel)
+    opening = gap if gap else (0.45 * smile if smile > 4.5 else 0.0)
     bow = 1.2 * np.exp(-((xs / 2.5) ** 2))  # Cupid's bow dips the upper lip's middle
-    upper_top = base - (gap / 2 + upper) * envelope + bow
-    upper_bottom = base - gap / 2 * envelope
-    lower_top = base + gap / 2 * envelope
-    lower_bottom = base + (gap / 2 + lower) * envelope
+    upper_top = base - (opening / 2 + upper) * envelope + bow
+    upper_bottom = base - opening / 2 * envelope
+    lower_top = base + opening / 2 * envelope
+    lower_bottom = base + (opening / 2 + lower) * envelope
     x = face.cx + xs
     if labels["Wearing_Lipstick"]:
         lips = _jitter(_LIPSTICK[rng.integers(len(_LIPSTICK))], rng, 0.08)
@@ -763,16 +767,20 @@ def _draw_mouth(
             canvas.polygon(
                 np.concatenate([_curve(x, upper_bottom), _curve(x, teeth)[::-1]]), (238, 234, 224)
             )
+    elif opening:
+        canvas.polygon(
+            np.concatenate([_curve(x, upper_bottom), _curve(x, lower_top)[::-1]]), (238, 234, 224)
+        )
     canvas.polygon(np.concatenate([_curve(x, upper_top), _curve(x, upper_bottom)[::-1]]), lips)
     canvas.polygon(np.concatenate([_curve(x, lower_top), _curve(x, lower_bottom)[::-1]]), lips)
-    if not gap:
+    if not opening:
         canvas.line(_curve(x, base), _scale(lips, 0.5), 1.8)
     if labels["Mustache"]:
         beard = _scale(face.hair, 0.9) if not labels["Bald"] else (70, 60, 55)
         mx = _linspace(-half - 3, half + 3, 9)
-        top = centre_y - gap / 2 - upper - 8 - 1.5 * (1 - (mx / half) ** 2).clip(0)
+        top = centre_y - opening / 2 - upper - 8 - 1.5 * (1 - (mx / half) ** 2).clip(0)
         bottom = (
-            centre_y - gap / 2 - upper + 0.5 - smile * (mx / half) ** 2 + 4 * (np.abs(mx) > half)
+            centre_y - opening / 2 - upper + 0.5 - smile * (mx / half) ** 2 + 4 * (np.abs(mx) > half)
         )
         canvas.polygon(
             np.concatenate([_curve(face.cx + mx, top), _curve(face.cx + mx, bottom)[::-1]]), beard
@@ -890,25 +898,25 @@ def _face_geometry(labels: Mapping[str, bool], rng: np.random.Generator) -> _Fac
         jaw_power = min(jaw_power, 2.0)
         jaw_taper += 0.06
     cy = 116.0
-    smile, _ = _cue(rng, "Smiling", labels["Smiling"], (4.0, 8.5), (-1.5, 2.0), (2.0, 4.5))
+    smile, _ = _cue(rng, "Smiling", labels["Smiling"], (5.0, 8.0), (-1.5, 1.5), (2.5, 4.5))
     gap, _ = _cue(
         rng,
         "Mouth_Slightly_Open",
         labels["Mouth_Slightly_Open"],
-        (6.0, 12.0),
+        (8.0, 14.0),
         (0.0, 0.0),
-        (1.5, 4.5),
+        (2.0, 5.0),
     )
     lip, _ = _cue(rng, "Big_Lips", labels["Big_Lips"], (5.0, 6.5), (2.5, 3.8), (3.6, 5.0))
     nose_width, _ = _cue(rng, "Big_Nose", labels["Big_Nose"], (10.0, 13.5), (6.5, 9.0), (8.5, 10.5))
     arch, borderline = _cue(
-        rng, "Arched_Eyebrows", labels["Arched_Eyebrows"], (4.5, 8.5), (0.0, 2.0), (2.0, 4.5)
+        rng, "Arched_Eyebrows", labels["Arched_Eyebrows"], (9.0, 14.0), (0.0, 1.5), (3.0, 7.0)
     )
     brow_peak = 0.5 if borderline else float(labels["Arched_Eyebrows"])
     wave = 0.0
     if not labels["Bald"] and not labels["Straight_Hair"]:
         wave, _ = _cue(rng, "Wavy_Hair", labels["Wavy_Hair"], (4.0, 7.5), (0.0, 0.0), (2.0, 4.0))
-    wrinkles, _ = _cue(rng, "Young", not labels["Young"], (0.45, 1.0), (0.0, 0.0), (0.12, 0.35))
+    wrinkles, _ = _cue(rng, "Young", not labels["Young"], (0.6, 1.0), (0.0, 0.0), (0.15, 0.4))
     return _Face(
         cx=89.0,
         cy=cy,
@@ -924,7 +932,7 @@ def _face_geometry(labels: Mapping[str, bool], rng: np.random.Generator) -> _Fac
         nose_y=cy + 15 + 0.6 * (nose_width - 8.0) + rng.uniform(-1.0, 1.0),
         nose_width=nose_width,
         mouth_y=cy + 30 + rng.uniform(-1.5, 1.5),
-        mouth_half=13.0 + 0.5 * smile + rng.uniform(0.0, 3.0),
+        mouth_half=13.0 + 0.8 * smile + rng.uniform(0.0, 3.0),
         hairline_y=cy
         - ry
         + (4.0 if labels["Receding_Hairline"] else 11.0)

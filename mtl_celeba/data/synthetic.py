@@ -36,7 +36,7 @@ from mtl_celeba.errors import ConfigError, DataError, exit_on_user_error
 from mtl_celeba.io import write_json_atomic
 
 #: Bumped whenever the labels or the pictures for a given seed change.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: Written last into a finished dataset folder; holds the settings it was made with.
 MARKER = "synthetic.json"
 #: CelebA's train / val / test sizes; the synthetic partition keeps their proportions.
