@@ -520,6 +520,11 @@ def test_a_repeated_configuration_counts_once(tmp_path: Path) -> None:
     assert csv_row(csv, "dst")["runs"] == 2
     assert "dst seed 0 was run twice (`../dst_vs_baselines/0` repeats `../drop_metrics/0`" in md
     assert "counted once" in md
+    # the repeat completed: it is not among the failed or unfinished runs
+    assert (
+        "5 run folders, 5 completed (1 repeating another's configuration and seed, counted "
+        "once), 0 failed or unfinished"
+    ) in md
 
 
 def test_dst_rows_show_what_dst_dropped(tmp_path: Path) -> None:

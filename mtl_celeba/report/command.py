@@ -69,6 +69,7 @@ def write_report(
     """
     run_dirs = find_run_dirs(sweep_dirs)
     scores, failed = collect_runs(run_dirs)
+    completed = scores["run"].nunique()  # before the repeats are dropped: they completed too
     scores, repeats = drop_repeats(scores)
     reported = [column for column in scores.columns if column not in RUN_COLUMNS]
     if metric not in reported:
@@ -98,12 +99,13 @@ def write_report(
     header = Header(
         sources=[p.resolve() for p in sweep_dirs],
         runs=len(run_dirs),
-        completed=scores["run"].nunique(),
+        completed=completed,
         data=data_description(scores),
         setup=setup_description(scores),
         commands=reproduce_commands(sweep_dirs),
         metric=metric,
         reference_file=stl_reference,
+        repeats=len(repeats),
     )
     # relative to the report, like the failed runs, so the notes stay valid when the sweep moves
     repeats = repeats.assign(

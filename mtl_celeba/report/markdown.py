@@ -554,6 +554,8 @@ class Header:
     generated: str = field(default_factory=lambda: datetime.now().strftime("%Y-%m-%d %H:%M"))
     #: ``--stl-reference``: the external single-task reference replacing the STL runs.
     reference_file: Path | None = None
+    #: completed runs that repeat another completed run's configuration and seed (counted once)
+    repeats: int = 0
 
     @property
     def reference(self) -> str:
@@ -656,8 +658,10 @@ def report_blocks(
     metric = header.metric.replace("_", " ")
     facts = [
         f"**Data:** {header.data}",
-        f"**Runs:** {header.runs} run folders, {header.completed} completed, "
-        f"{header.runs - header.completed} failed or unfinished",
+        f"**Runs:** {header.runs} run folders, {header.completed} completed"
+        + (f" ({header.repeats} repeating another's configuration and seed, counted once)"
+           if header.repeats else "")
+        + f", {header.runs - header.completed} failed or unfinished",
         f"**Sweep folders:** {', '.join(f'`{p}`' for p in header.sources)}",
         f"**Setup:** {header.setup}",
         f"**Generated:** {header.generated}",
