@@ -467,7 +467,16 @@ def plot_conflict_heatmaps(panel: pd.DataFrame, title: str, path: Path) -> None:
                     if np.isfinite(value):
                         axis.text(0, i, f"{value:.2f}", ha="center", va="center", fontsize=5)
         heatmaps.append(heat)
-    bar = {"ax": heatmaps, "location": "bottom", "shrink": 0.5, "aspect": 35}
+    # the colour bars' share of the figure shrinks with its rows: matplotlib's default
+    # fraction (0.15 of the height) leaves a gap of rows under a tall figure's panels
+    bar = {
+        "ax": heatmaps,
+        "location": "bottom",
+        "shrink": 0.5,
+        "aspect": 35,
+        "fraction": 0.15 / rows,
+        "pad": 0.05 / rows,
+    }
     figure.colorbar(cosine_image, **bar, label="mean cosine of the two tasks' gradients")
     if drop_image is not None:
         figure.colorbar(drop_image, **bar, label="drop rate (share of training steps dropped)")
