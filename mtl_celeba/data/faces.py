@@ -780,7 +780,12 @@ def _draw_mouth(
         mx = _linspace(-half - 3, half + 3, 9)
         top = centre_y - opening / 2 - upper - 8 - 1.5 * (1 - (mx / half) ** 2).clip(0)
         bottom = (
-            centre_y - opening / 2 - upper + 0.5 - smile * (mx / half) ** 2 + 4 * (np.abs(mx) > half)
+            centre_y
+            - opening / 2
+            - upper
+            + 0.5
+            - smile * (mx / half) ** 2
+            + 4 * (np.abs(mx) > half)
         )
         canvas.polygon(
             np.concatenate([_curve(face.cx + mx, top), _curve(face.cx + mx, bottom)[::-1]]), beard

@@ -659,8 +659,11 @@ def report_blocks(
     facts = [
         f"**Data:** {header.data}",
         f"**Runs:** {header.runs} run folders, {header.completed} completed"
-        + (f" ({header.repeats} repeating another's configuration and seed, counted once)"
-           if header.repeats else "")
+        + (
+            f" ({header.repeats} repeating another's configuration and seed, counted once)"
+            if header.repeats
+            else ""
+        )
         + f", {header.runs - header.completed} failed or unfinished",
         f"**Sweep folders:** {', '.join(f'`{p}`' for p in header.sources)}",
         f"**Setup:** {header.setup}",
