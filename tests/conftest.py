@@ -40,6 +40,27 @@ FAST_OVERRIDES = (
 )
 
 
+def compose_run(overrides: Sequence[str], run_dir: Path, config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` for a run in ``run_dir``, the Hydra
+    config installed as if by ``@hydra.main`` so ``${hydra:...}`` resolves."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def compose_config() -> Callable[..., DictConfig]:
+    """:func:`compose_run` as a fixture: Hydra's global state is cleared afterwards."""
+    yield compose_run
+    GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def compose_train(synthetic_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose ``conf/train.yaml`` for a fast run on the tiny synthetic data, writing into tmp_path.
@@ -50,28 +71,17 @@ def compose_train(synthetic_root: Path, tmp_path: Path) -> Callable[..., DictCon
     def _compose(
         overrides: Sequence[str] = (), run_dir: Path | None = None, config_name: str = "train"
     ) -> DictConfig:
-        run_dir = run_dir or tmp_path / "run"
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                config_name,
-                overrides=[
-                    f"data.root={synthetic_root}",
-                    f"data.num_images={TINY_IMAGES}",
-                    f"data.cache_dir={tmp_path / 'cache'}",
-                    *FAST_OVERRIDES,
-                    *overrides,
-                ]
-                if config_name == "train"
-                else list(overrides),
-                return_hydra_config=True,
-            )
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return cfg
+        tiny = [
+            f"data.root={synthetic_root}",
+            f"data.num_images={TINY_IMAGES}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *FAST_OVERRIDES,
+        ]
+        return compose_run(
+            [*(tiny if config_name == "train" else []), *overrides],
+            run_dir or tmp_path / "run",
+            config_name,
+        )
 
     yield _compose
     GlobalHydra.instance().clear()

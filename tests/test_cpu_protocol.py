@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra_plugins.mtl_celeba_launcher.grids import GridUnionSweeper
-from omegaconf import open_dict
 
 from mtl_celeba.bench.sweep import REPRODUCE_EXPERIMENTS
 from mtl_celeba.config import CONFIG_DIR, PROJECT_ROOT, VERSION_BASE
@@ -80,7 +78,7 @@ def test_the_cpu_scale_is_big_enough_and_runs_the_celeba_grids(hydra_configs):
     assert cpu_total < gpu_total
 
 
-def _protocol_run(strategy: str, root: Path, run_dir: Path) -> dict:
+def _protocol_run(compose_config, strategy: str, root: Path, run_dir: Path) -> dict:
     """One seed-0 job at the Makefile's CPU scale, trained and tested in this process."""
     synthetic, _ = makefile_scales()
     overrides = [
@@ -91,32 +89,23 @@ def _protocol_run(strategy: str, root: Path, run_dir: Path) -> dict:
         *synthetic,
         "trainer.enable_model_summary=false",
     ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    run_dir.mkdir(parents=True)
-    try:
-        return train(cfg, run_dir)
-    finally:
-        GlobalHydra.instance().clear()
+    return train(compose_config(overrides, run_dir), run_dir)
 
 
 @pytest.mark.slow
-def test_at_the_cpu_scale_mtl_learns_every_task_and_dst_drops(tmp_path: Path) -> None:
+def test_at_the_cpu_scale_mtl_learns_every_task_and_dst_drops(
+    compose_config, tmp_path: Path
+) -> None:
     """`make reproduce`'s CPU protocol means something: at its scale (seed 0) MTL is 10 points
     over the majority rate with every task's balanced accuracy at least 0.70, and DST draws its
     gates in at least 6 epochs and drops some task-epochs."""
     root = tmp_path / "data"
-    mtl = _protocol_run("mtl", root, tmp_path / "mtl")
+    mtl = _protocol_run(compose_config, "mtl", root, tmp_path / "mtl")
     majority = sum(mtl["majority_accuracy"].values()) / len(mtl["majority_accuracy"])
     assert mtl["test"]["mean"]["accuracy"] >= majority + 0.10
     balanced = {task: m["balanced_accuracy"] for task, m in mtl["test"]["per_task"].items()}
     assert min(balanced.values()) >= 0.70, balanced
-    dst = _protocol_run("dst", root, tmp_path / "dst")
+    dst = _protocol_run(compose_config, "dst", root, tmp_path / "dst")
     schedule = dst["schedule"]
     assert schedule["epochs"] - 1 >= 6  # gates are drawn after each epoch but the last
     assert sum(schedule["realised_drop_rate"].values()) > 0, schedule["realised_drop_rate"]
